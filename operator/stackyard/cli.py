@@ -1,0 +1,107 @@
+"""The `stackyard` command line. Every option also reads a `STACKYARD_*` environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .logs import setup_logging
+
+log = logging.getLogger("stackyard")
+
+DEFAULT_DATA_DIR = ".stackyard"
+
+
+def env_name(flag: str) -> str:
+    """`--api-address` -> `STACKYARD_API_ADDRESS`."""
+    return "STACKYARD_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, help: str, default: object = None, **kwargs: object) -> None:
+    """Add `flag`, defaulting to its `STACKYARD_*` variable, then to `default`; --help shows both."""
+    variable = env_name(flag)
+    value = os.environ.get(variable, default)
+    parser.add_argument(flag, default=value, help=f"{help} (env {variable}; default: %(default)s)", **kwargs)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--log-level", "log level", "INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    add_option(parser, "--log-format", "log format", "text", choices=["text", "json"])
+
+
+def add_database(parser: argparse.ArgumentParser) -> None:
+    add_option(
+        parser,
+        "--database-url",
+        "libpq URL of the PostgreSQL store; unset starts the embedded PostgreSQL",
+        None,
+    )
+    add_option(parser, "--data-dir", "data directory of the embedded PostgreSQL", DEFAULT_DATA_DIR)
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from .store import migrate
+    from .store.location import database_url
+
+    with database_url(args.database_url, args.data_dir) as url:
+        applied = migrate(url)
+        if applied:
+            log.info("applied migrations %s", ", ".join(f"{v:04d}" for v in applied))
+        else:
+            log.info("schema is up to date; nothing to apply")
+    return 0
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    from .store.location import running_embedded_url
+
+    if args.database_url:
+        print(args.database_url)
+        return 0
+    url = running_embedded_url(args.data_dir)
+    if url is None:
+        print(
+            f"the embedded PostgreSQL in {os.path.abspath(args.data_dir)} is not running;"
+            " start it with `stackyard run` (or set STACKYARD_DATABASE_URL)",
+            file=sys.stderr,
+        )
+        return 1
+    print(url)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stackyard", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"stackyard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    migrate_parser = db_commands.add_parser("migrate", help="apply pending schema migrations")
+    url_parser = db_commands.add_parser("url", help="print the database URL in use")
+    for sub, handler in ((migrate_parser, cmd_db_migrate), (url_parser, cmd_db_url)):
+        add_common(sub)
+        add_database(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `stackyard` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a command's last line of defence: say what failed, no traceback at INFO
+        log.error("%s failed: %s", args.command, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

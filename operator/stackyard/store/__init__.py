@@ -1,0 +1,31 @@
+"""PostgreSQL schema, migrations and queries. The only place that holds SQL."""
+
+from .migrate import migrate
+from .store import (
+    Agent,
+    Conflict,
+    DeploymentObject,
+    DesiredStack,
+    EmitResult,
+    EventIn,
+    NotFound,
+    NotTargeted,
+    Store,
+    StoreError,
+    sha256_hex,
+)
+
+__all__ = [
+    "Agent",
+    "Conflict",
+    "DeploymentObject",
+    "DesiredStack",
+    "EmitResult",
+    "EventIn",
+    "NotFound",
+    "NotTargeted",
+    "Store",
+    "StoreError",
+    "migrate",
+    "sha256_hex",
+]

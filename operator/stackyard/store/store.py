@@ -1,0 +1,467 @@
+"""Async data access over psycopg 3 and psycopg_pool. All of stackyard's SQL lives in `store/`."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+import psycopg
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+OWNER_KEY = "stackyard.dev/owner-uid"
+
+
+class StoreError(Exception):
+    """Base of the errors the store raises on purpose."""
+
+
+class NotFound(StoreError):
+    """The row asked for does not exist (or is soft-deleted)."""
+
+
+class Conflict(StoreError):
+    """The write would break a uniqueness rule; retrying will not help until input changes."""
+
+
+class NotTargeted(StoreError):
+    """An agent referred to deployment objects of stacks that are not targeted to it."""
+
+    def __init__(self, ids: Sequence[uuid.UUID]):
+        super().__init__(f"deployment objects not targeted to this agent: {', '.join(map(str, ids))}")
+        self.ids = list(ids)
+
+
+def sha256_hex(text: str) -> str:
+    """Hex sha256 of UTF-8 text, as stored in `yaml_checksum`."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class DeploymentObject:
+    id: uuid.UUID
+    stack_id: uuid.UUID
+    sequence_id: int
+    yaml_checksum: str
+    submitted_at: datetime
+    is_deletion_marker: bool
+    yaml_content: str
+
+
+@dataclass(frozen=True)
+class EmitResult:
+    deployment_object: DeploymentObject
+    created: bool
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: uuid.UUID
+    name: str
+    cluster_name: str
+    status: str
+    last_heartbeat: datetime | None
+    pak_hash: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DesiredStack:
+    """One stack of an agent's desired state: its latest live deployment object."""
+
+    stack_id: uuid.UUID
+    stack_name: str
+    stack_deleted: bool
+    deployment_object_id: uuid.UUID
+    sequence_id: int
+    yaml_checksum: str
+    yaml_content: str
+    is_deletion_marker: bool
+
+
+@dataclass(frozen=True)
+class EventIn:
+    deployment_object_id: uuid.UUID
+    event_type: str
+    status: str
+    message: str
+
+
+_DO_COLUMNS = "id, stack_id, sequence_id, yaml_checksum, submitted_at, is_deletion_marker, yaml_content"
+_AGENT_COLUMNS = "id, name, cluster_name, status, last_heartbeat, pak_hash, created_at"
+
+
+class Store:
+    """The PostgreSQL store behind the operator and the agent API."""
+
+    def __init__(self, pool: AsyncConnectionPool):
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, url: str, min_size: int = 1, max_size: int = 10, timeout: float = 30.0) -> "Store":
+        """Open a pool on `url` and wait until it has its first connection."""
+        pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout)
+        await pool.open(wait=True, timeout=timeout)
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # Stacks -----------------------------------------------------------------
+
+    async def upsert_stack(
+        self,
+        stack_id: uuid.UUID,
+        name: str,
+        description: str | None,
+        labels: Iterable[str] = (),
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create or update a live stack with exactly these labels and annotations.
+
+        A different live stack holding the same name is stale (its custom resource
+        is gone: Kubernetes names are unique), so it is soft-deleted first, which
+        sends its deletion marker to the agents.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (
+                await conn.execute("SELECT deleted_at FROM stacks WHERE id = %s FOR UPDATE", (stack_id,))
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                raise Conflict(f"stack {stack_id} was deleted and cannot be updated")
+            await conn.execute(
+                "UPDATE stacks SET deleted_at = now() WHERE name = %s AND id <> %s AND deleted_at IS NULL",
+                (name, stack_id),
+            )
+            await conn.execute(
+                "INSERT INTO stacks (id, name, description) VALUES (%s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description"
+                " WHERE (stacks.name, stacks.description) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.description)",
+                (stack_id, name, description),
+            )
+            await _replace_metadata(conn, stack_id, labels, annotations or {})
+
+    async def emit_deployment_object(self, stack_id: uuid.UUID, yaml_content: str) -> EmitResult:
+        """Insert a deployment object unless the stack's latest one has the same checksum.
+
+        The stack row is locked for the check, so concurrent callers with the
+        same content produce exactly one row; the others get the existing one.
+        """
+        checksum = sha256_hex(yaml_content)
+        async with self.pool.connection() as conn, conn.transaction():
+            locked = await (
+                await conn.execute("SELECT 1 FROM stacks WHERE id = %s AND deleted_at IS NULL FOR UPDATE", (stack_id,))
+            ).fetchone()
+            if locked is None:
+                raise NotFound(f"no live stack {stack_id}")
+            cur = conn.cursor(row_factory=class_row(DeploymentObject))
+            latest = await (await cur.execute(_LATEST_SQL, (stack_id,))).fetchone()
+            if latest is not None and latest.yaml_checksum == checksum:
+                return EmitResult(latest, created=False)
+            created = await (
+                await cur.execute(
+                    f"INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum)"
+                    f" VALUES (%s, %s, %s) RETURNING {_DO_COLUMNS}",
+                    (stack_id, yaml_content, checksum),
+                )
+            ).fetchone()
+            return EmitResult(created, created=True)
+
+    async def latest_deployment_object(self, stack_id: uuid.UUID) -> DeploymentObject | None:
+        """The stack's newest live deployment object (its deletion marker once deleted)."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(DeploymentObject))
+            return await (await cur.execute(_LATEST_SQL, (stack_id,))).fetchone()
+
+    async def latest_deployment_objects(self, stack_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, DeploymentObject]:
+        """The newest live deployment object of each of many stacks, by stack id."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(DeploymentObject))
+            rows = await (await cur.execute(LATEST_PER_STACK_SQL, (list(stack_ids),))).fetchall()
+            return {row.stack_id: row for row in rows}
+
+    async def soft_delete_stack(self, stack_id: uuid.UUID) -> bool:
+        """Soft-delete a stack (the database emits its deletion marker); False if already gone."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE stacks SET deleted_at = now() WHERE id = %s AND deleted_at IS NULL", (stack_id,)
+            )
+            return cur.rowcount == 1
+
+    async def live_stack_id(self, name: str) -> uuid.UUID | None:
+        """The id of the live stack called `name`, if any."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT id FROM stacks WHERE name = %s AND deleted_at IS NULL", (name,))
+            ).fetchone()
+            return row[0] if row else None
+
+    async def hard_delete_stack(self, stack_id: uuid.UUID) -> bool:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute("SELECT stackyard_hard_delete_stack(%s)", (stack_id,))).fetchone()
+            return bool(row[0])
+
+    async def purge_soft_deleted(self, older_than: timedelta) -> dict[str, int]:
+        """Retention: hard-delete soft-deleted rows older than `older_than`; counts per table."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute("SELECT kind, purged FROM stackyard_purge_soft_deleted(%s)", (older_than,))
+            ).fetchall()
+            return {kind: purged for kind, purged in rows}
+
+    # Agent targets ------------------------------------------------------------
+
+    async def set_agent_target(
+        self, owner_uid: uuid.UUID, stack_id: uuid.UUID, agent_name: str, cluster_name: str
+    ) -> uuid.UUID:
+        """Make the targets owned by an AgentTarget resource exactly this one; returns its row id.
+
+        Rows of the owner that point at soft-deleted stacks stay (they carry the
+        deletion marker to the agent) until the stack is hard-deleted. Row ids are
+        derived from the owner uid and the stack id, so a Stack re-created under
+        the same name gets a new row while the old one stays.
+        """
+        target_id = uuid.uuid5(owner_uid, str(stack_id))
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM agent_targets t USING annotations a, stacks s"
+                " WHERE a.external_object_id = t.id AND a.key = %s AND a.value = %s"
+                " AND s.id = t.stack_id AND s.deleted_at IS NULL AND t.id <> %s",
+                (OWNER_KEY, str(owner_uid), target_id),
+            )
+            try:
+                await conn.execute(
+                    "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET agent_name = EXCLUDED.agent_name,"
+                    " cluster_name = EXCLUDED.cluster_name",
+                    (target_id, stack_id, agent_name, cluster_name),
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                raise Conflict(
+                    f"stack {stack_id} is already targeted to agent {agent_name!r} in cluster {cluster_name!r}"
+                    " by another AgentTarget"
+                ) from exc
+            except psycopg.errors.ForeignKeyViolation as exc:
+                raise NotFound(f"no stack {stack_id}") from exc
+            await conn.execute(
+                "INSERT INTO annotations (external_object_id, key, value) VALUES (%s, %s, %s)"
+                " ON CONFLICT (external_object_id, key) DO NOTHING",
+                (target_id, OWNER_KEY, str(owner_uid)),
+            )
+        return target_id
+
+    async def remove_agent_targets(self, owner_uid: uuid.UUID) -> int:
+        """Remove every target row owned by an AgentTarget resource; returns how many."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM agent_targets t USING annotations a"
+                " WHERE a.external_object_id = t.id AND a.key = %s AND a.value = %s",
+                (OWNER_KEY, str(owner_uid)),
+            )
+            return cur.rowcount
+
+    # Agents ---------------------------------------------------------------------
+
+    async def register_agent(
+        self,
+        agent_id: uuid.UUID,
+        name: str,
+        cluster_name: str,
+        labels: Iterable[str] = (),
+        annotations: Mapping[str, str] | None = None,
+    ) -> Agent:
+        """Create or update a live agent row with these labels and annotations."""
+        async with self.pool.connection() as conn, conn.transaction():
+            try:
+                cur = conn.cursor(row_factory=class_row(Agent))
+                agent = await (
+                    await cur.execute(
+                        "INSERT INTO agents (id, name, cluster_name) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, cluster_name = EXCLUDED.cluster_name"
+                        f" RETURNING {_AGENT_COLUMNS}",
+                        (agent_id, name, cluster_name),
+                    )
+                ).fetchone()
+            except psycopg.errors.UniqueViolation as exc:
+                raise Conflict(f"another live agent is already called {name!r} in cluster {cluster_name!r}") from exc
+            await _replace_metadata(conn, agent_id, labels, annotations or {})
+            return agent
+
+    async def set_agent_pak_hash(self, agent_id: uuid.UUID, pak_hash: str) -> None:
+        """Store the sha256 of a new PAK secret; the previous key stops working at once."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE agents SET pak_hash = %s WHERE id = %s AND deleted_at IS NULL", (pak_hash, agent_id)
+            )
+            if cur.rowcount != 1:
+                raise NotFound(f"no live agent {agent_id}")
+
+    async def get_agent(self, agent_id: uuid.UUID) -> Agent | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(Agent))
+            return await (
+                await cur.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = %s AND deleted_at IS NULL", (agent_id,))
+            ).fetchone()
+
+    async def agent_by_pak_hash(self, pak_hash: str) -> Agent | None:
+        """The live agent whose stored PAK hash is `pak_hash`."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(Agent))
+            return await (
+                await cur.execute(
+                    f"SELECT {_AGENT_COLUMNS} FROM agents WHERE pak_hash = %s AND deleted_at IS NULL", (pak_hash,)
+                )
+            ).fetchone()
+
+    async def agent_metadata(self, agent_id: uuid.UUID) -> tuple[list[str], dict[str, str]]:
+        """Labels and annotations recorded for an agent."""
+        return await self._metadata(agent_id)
+
+    async def stack_metadata(self, stack_id: uuid.UUID) -> tuple[list[str], dict[str, str]]:
+        """Labels and annotations recorded for a stack."""
+        return await self._metadata(stack_id)
+
+    async def _metadata(self, object_id: uuid.UUID) -> tuple[list[str], dict[str, str]]:
+        async with self.pool.connection() as conn:
+            labels = await (
+                await conn.execute("SELECT label FROM labels WHERE external_object_id = %s ORDER BY label", (object_id,))
+            ).fetchall()
+            annotations = await (
+                await conn.execute(
+                    "SELECT key, value FROM annotations WHERE external_object_id = %s ORDER BY key", (object_id,)
+                )
+            ).fetchall()
+            return [row[0] for row in labels], {key: value for key, value in annotations}
+
+    async def heartbeat(self, agent_id: uuid.UUID, status: str = "ACTIVE") -> datetime:
+        """Record a heartbeat; returns its time."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "UPDATE agents SET last_heartbeat = now(), status = %s WHERE id = %s AND deleted_at IS NULL"
+                    " RETURNING last_heartbeat",
+                    (status, agent_id),
+                )
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no live agent {agent_id}")
+            return row[0]
+
+    async def soft_delete_agent(self, agent_id: uuid.UUID) -> bool:
+        """Soft-delete an agent (its events follow); False if already gone."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE agents SET deleted_at = now() WHERE id = %s AND deleted_at IS NULL", (agent_id,)
+            )
+            return cur.rowcount == 1
+
+    async def hard_delete_agent(self, agent_id: uuid.UUID) -> bool:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute("SELECT stackyard_hard_delete_agent(%s)", (agent_id,))).fetchone()
+            return bool(row[0])
+
+    # Agent protocol -------------------------------------------------------------
+
+    async def desired_state(self, agent_name: str, cluster_name: str) -> list[DesiredStack]:
+        """For every stack targeted to (agent, cluster): its latest live deployment object.
+
+        For a soft-deleted stack that is its deletion marker. Ordered by stack name.
+        """
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(DesiredStack))
+            return await (await cur.execute(DESIRED_STATE_SQL, (agent_name, cluster_name))).fetchall()
+
+    async def record_events(self, agent: Agent, events: Sequence[EventIn]) -> list[uuid.UUID]:
+        """Store a batch of events, all or nothing; every event must concern a stack targeted to the agent."""
+        if not events:
+            return []
+        ids = sorted({event.deployment_object_id for event in events})
+        async with self.pool.connection() as conn, conn.transaction():
+            rows = await (
+                await conn.execute(
+                    "SELECT d.id FROM deployment_objects d"
+                    " JOIN agent_targets t ON t.stack_id = d.stack_id"
+                    " WHERE d.id = ANY(%s) AND t.agent_name = %s AND t.cluster_name = %s",
+                    (ids, agent.name, agent.cluster_name),
+                )
+            ).fetchall()
+            allowed = {row[0] for row in rows}
+            refused = [i for i in ids if i not in allowed]
+            if refused:
+                raise NotTargeted(refused)
+            created: list[uuid.UUID] = []
+            async with conn.cursor() as cur:
+                for event in events:
+                    await cur.execute(
+                        "INSERT INTO agent_events (agent_id, deployment_object_id, event_type, status, message)"
+                        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                        (agent.id, event.deployment_object_id, event.event_type, event.status, event.message),
+                    )
+                    created.append((await cur.fetchone())[0])
+            return created
+
+
+TABLES = ("stacks", "agents", "deployment_objects", "agent_events", "agent_targets", "labels", "annotations")
+
+_LATEST_SQL = (
+    f"SELECT {_DO_COLUMNS} FROM deployment_objects"
+    " WHERE stack_id = %s AND deleted_at IS NULL ORDER BY sequence_id DESC LIMIT 1"
+)
+
+DESIRED_STATE_SQL = """
+SELECT s.id AS stack_id, s.name AS stack_name, s.deleted_at IS NOT NULL AS stack_deleted,
+       d.id AS deployment_object_id, d.sequence_id, d.yaml_checksum, d.yaml_content, d.is_deletion_marker
+  FROM agent_targets t
+  JOIN stacks s ON s.id = t.stack_id
+  CROSS JOIN LATERAL (
+        SELECT id, sequence_id, yaml_checksum, yaml_content, is_deletion_marker
+          FROM deployment_objects
+         WHERE stack_id = s.id AND deleted_at IS NULL
+         ORDER BY sequence_id DESC
+         LIMIT 1) d
+ WHERE t.agent_name = %s AND t.cluster_name = %s
+ ORDER BY s.name, s.id
+"""
+
+LATEST_PER_STACK_SQL = f"""
+SELECT d.*
+  FROM stacks s
+  CROSS JOIN LATERAL (
+        SELECT {_DO_COLUMNS}
+          FROM deployment_objects
+         WHERE stack_id = s.id AND deleted_at IS NULL
+         ORDER BY sequence_id DESC
+         LIMIT 1) d
+ WHERE s.id = ANY(%s)
+"""
+
+
+async def _replace_metadata(
+    conn: psycopg.AsyncConnection, object_id: uuid.UUID, labels: Iterable[str], annotations: Mapping[str, str]
+) -> None:
+    """Make an object's labels and annotations exactly the given ones."""
+    label_list = sorted(set(labels))
+    await conn.execute(
+        "DELETE FROM labels WHERE external_object_id = %s AND NOT (label = ANY(%s))", (object_id, label_list)
+    )
+    if label_list:
+        await conn.execute(
+            "INSERT INTO labels (external_object_id, label) SELECT %s, unnest(%s::varchar[])"
+            " ON CONFLICT (external_object_id, label) DO NOTHING",
+            (object_id, label_list),
+        )
+    keys = sorted(annotations)
+    await conn.execute(
+        "DELETE FROM annotations WHERE external_object_id = %s AND NOT (key = ANY(%s))", (object_id, keys)
+    )
+    if keys:
+        await conn.execute(
+            "INSERT INTO annotations (external_object_id, key, value)"
+            " SELECT %s, k, v FROM unnest(%s::varchar[], %s::text[]) AS u(k, v)"
+            " ON CONFLICT (external_object_id, key) DO UPDATE SET value = EXCLUDED.value"
+            " WHERE annotations.value IS DISTINCT FROM EXCLUDED.value",
+            (object_id, keys, [annotations[k] for k in keys]),
+        )

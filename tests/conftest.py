@@ -1,0 +1,100 @@
+"""Shared fixtures: one real PostgreSQL per test session (worker), a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from stackyard.store import Store, migrate
+from stackyard.store.embedded import EmbeddedPostgres
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a maintenance database on a real PostgreSQL server.
+
+    `STACKYARD_TEST_DATABASE_URL` points at an external server; otherwise an
+    embedded PostgreSQL 18 from the wheel runs for this session.
+    """
+    external = os.environ.get("STACKYARD_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(
+        tmp_path_factory.mktemp("pg"),
+        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "300"},
+    )
+    server.start()
+    try:
+        yield server.url()
+    finally:
+        server.stop(mode="immediate")
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: str) -> str:
+    """Name of a database holding the migrated schema, copied for every test."""
+    name = f"stackyard_template_{_worker()}_{os.getpid()}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    migrate(with_database(pg_server, name))
+    return name
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+def _fresh_database(pg_server: str, template: str | None) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        conn.execute(query)
+    try:
+        yield with_database(pg_server, name)
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def db_url(pg_server: str, template_db: str) -> Iterator[str]:
+    """URL of a fresh database with the current schema, private to this test."""
+    yield from _fresh_database(pg_server, template_db)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: str) -> Iterator[str]:
+    """URL of a fresh, empty database (no schema), private to this test."""
+    yield from _fresh_database(pg_server, None)
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    store = await Store.open(db_url, max_size=20)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection]:
+    """A plain autocommit connection to the test's database, for raw SQL checks."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn

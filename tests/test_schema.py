@@ -1,0 +1,122 @@
+"""`stackyard db migrate` creates exactly the schema of DESIGN §2, once, safely under concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+
+from stackyard.store.migrate import VERSION_TABLE, available_migrations, migrate
+
+TS = ("timestamp with time zone", None)
+UUID = ("uuid", None)
+TEXT = ("text", None)
+
+
+def varchar(n: int) -> tuple[str, int]:
+    return ("character varying", n)
+
+
+EXPECTED = {
+    "stacks": {
+        "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS,
+        "name": varchar(255), "description": TEXT, "agent_target": UUID,
+    },
+    "agents": {
+        "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "name": varchar(255),
+        "cluster_name": varchar(255), "last_heartbeat": TS, "status": varchar(50), "pak_hash": TEXT,
+    },
+    "deployment_objects": {
+        "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "sequence_id": ("bigint", None),
+        "stack_id": UUID, "yaml_content": TEXT, "yaml_checksum": TEXT, "submitted_at": TS,
+        "is_deletion_marker": ("boolean", None),
+    },
+    "agent_events": {
+        "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "agent_id": UUID,
+        "deployment_object_id": UUID, "event_type": varchar(50), "status": varchar(10), "message": TEXT,
+    },
+    "agent_targets": {"id": UUID, "stack_id": UUID, "agent_name": TEXT, "cluster_name": TEXT},
+    "labels": {"id": UUID, "external_object_id": UUID, "label": varchar(255)},
+    "annotations": {"id": UUID, "external_object_id": UUID, "key": varchar(255), "value": TEXT},
+}
+
+
+def columns(conn: psycopg.Connection) -> dict[str, dict[str, tuple]]:
+    found: dict[str, dict[str, tuple]] = {}
+    for table, column, data_type, length in conn.execute(
+        "SELECT table_name, column_name, data_type, character_maximum_length"
+        " FROM information_schema.columns WHERE table_schema = 'public'"
+    ):
+        found.setdefault(table, {})[column] = (data_type, length)
+    return found
+
+
+def test_migrate_creates_exactly_the_design_schema(empty_db_url):
+    assert migrate(empty_db_url) == [m.version for m in available_migrations()]
+    with psycopg.connect(empty_db_url) as conn:
+        found = columns(conn)
+        version_table = found.pop(VERSION_TABLE)
+        assert set(version_table) == {"version", "name", "applied_at"}
+        assert found == EXPECTED
+        pk = conn.execute(
+            "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc"
+            " JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name)"
+            " WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = 'public'"
+        ).fetchall()
+        assert {t: c for t, c in pk if t != VERSION_TABLE} == {t: "id" for t in EXPECTED}
+        uniques = {
+            row[0]
+            for row in conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' AND indexdef LIKE 'CREATE UNIQUE%%'"
+            )
+        }
+        assert any("agent_targets" in u and "(stack_id, agent_name, cluster_name)" in u for u in uniques)
+        assert any("labels" in u and "(external_object_id, label)" in u for u in uniques)
+        assert any("annotations" in u and "(external_object_id, key)" in u for u in uniques)
+        fks = {
+            (row[0], row[1])
+            for row in conn.execute(
+                "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint WHERE contype = 'f'"
+            )
+        }
+        assert fks == {
+            ("deployment_objects", "stacks"),
+            ("agent_events", "agents"),
+            ("agent_events", "deployment_objects"),
+            ("agent_targets", "stacks"),
+        }
+
+
+def test_migrate_twice_is_a_no_op(empty_db_url):
+    assert migrate(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        before = conn.execute(f"SELECT version, applied_at FROM {VERSION_TABLE} ORDER BY version").fetchall()
+    assert migrate(empty_db_url) == []
+    with psycopg.connect(empty_db_url) as conn:
+        after = conn.execute(f"SELECT version, applied_at FROM {VERSION_TABLE} ORDER BY version").fetchall()
+    assert before == after
+
+
+def test_two_migrations_at_once_are_safe(empty_db_url):
+    """Two replicas starting together: one applies everything, the other nothing, no error."""
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(migrate(empty_db_url))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    all_versions = [m.version for m in available_migrations()]
+    assert sorted(results, key=len) == [[], all_versions]
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {VERSION_TABLE}").fetchone()[0] == len(all_versions)
