@@ -236,7 +236,7 @@ CREATE TRIGGER agent_targets_drop_metadata AFTER DELETE ON agent_targets
 CREATE FUNCTION stackyard_hard_delete_stack(p_stack_id UUID) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    found boolean;
+    deleted boolean;
 BEGIN
     PERFORM set_config('stackyard.hard_delete', 'on', true);
     DELETE FROM agent_events WHERE deployment_object_id IN
@@ -244,37 +244,37 @@ BEGIN
     DELETE FROM deployment_objects WHERE stack_id = p_stack_id;
     DELETE FROM agent_targets WHERE stack_id = p_stack_id;
     DELETE FROM stacks WHERE id = p_stack_id;
-    found := FOUND;
+    deleted := FOUND;
     PERFORM set_config('stackyard.hard_delete', 'off', true);
-    RETURN found;
+    RETURN deleted;
 END;
 $$;
 
 CREATE FUNCTION stackyard_hard_delete_agent(p_agent_id UUID) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    found boolean;
+    deleted boolean;
 BEGIN
     PERFORM set_config('stackyard.hard_delete', 'on', true);
     DELETE FROM agent_events WHERE agent_id = p_agent_id;
     DELETE FROM agents WHERE id = p_agent_id;
-    found := FOUND;
+    deleted := FOUND;
     PERFORM set_config('stackyard.hard_delete', 'off', true);
-    RETURN found;
+    RETURN deleted;
 END;
 $$;
 
 CREATE FUNCTION stackyard_hard_delete_deployment_object(p_id UUID) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    found boolean;
+    deleted boolean;
 BEGIN
     PERFORM set_config('stackyard.hard_delete', 'on', true);
     DELETE FROM agent_events WHERE deployment_object_id = p_id;
     DELETE FROM deployment_objects WHERE id = p_id;
-    found := FOUND;
+    deleted := FOUND;
     PERFORM set_config('stackyard.hard_delete', 'off', true);
-    RETURN found;
+    RETURN deleted;
 END;
 $$;
 
