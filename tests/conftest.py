@@ -98,3 +98,43 @@ def db(db_url: str) -> Iterator[psycopg.Connection]:
     """A plain autocommit connection to the test's database, for raw SQL checks."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def kube_server() -> Iterator["KubeServer"]:
+    """An emulated Kubernetes API server (kmock) with stackyard's CRDs, private to this test."""
+    from .kube import KubeServer
+
+    server = KubeServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def operator(kube_server, db_url) -> Iterator["OperatorThread"]:
+    """A real Kopf operator loop against the emulator and this test's database."""
+    from .operator_harness import OperatorThread, test_config
+
+    running = OperatorThread(kube_server, test_config(db_url, kube_server)).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def cluster(kube_server) -> AsyncIterator["Cluster"]:
+    """kubectl for the test: a client of the emulated API server in the test's own loop."""
+    import kopf
+
+    from stackyard.kube import KubeClient
+
+    from .operator_harness import Cluster
+
+    client = KubeClient(kopf.ConnectionInfo(server=kube_server.url, insecure=True))
+    try:
+        yield Cluster(client)
+    finally:
+        await client.close()

@@ -83,6 +83,31 @@ class DesiredStack:
 
 
 @dataclass(frozen=True)
+class TargetRow:
+    """One target of a stack with the agent's latest event on any version of that stack."""
+
+    stack_id: uuid.UUID
+    agent_name: str
+    cluster_name: str
+    agent_id: uuid.UUID | None
+    agent_status: str | None
+    last_heartbeat: datetime | None
+    event_status: str | None
+    event_message: str | None
+    event_time: datetime | None
+    event_sequence_id: int | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    created_at: datetime
+    event_type: str
+    status: str
+    message: str | None
+    sequence_id: int
+
+
+@dataclass(frozen=True)
 class EventIn:
     deployment_object_id: uuid.UUID
     event_type: str
@@ -215,23 +240,27 @@ class Store:
     # Agent targets ------------------------------------------------------------
 
     async def set_agent_target(
-        self, owner_uid: uuid.UUID, stack_id: uuid.UUID, agent_name: str, cluster_name: str
-    ) -> uuid.UUID:
+        self, owner_uid: uuid.UUID, stack_id: uuid.UUID | None, agent_name: str, cluster_name: str
+    ) -> uuid.UUID | None:
         """Make the targets owned by an AgentTarget resource exactly this one; returns its row id.
+
+        With `stack_id` None (the Stack does not exist) the owner keeps no row on a live stack.
 
         Rows of the owner that point at soft-deleted stacks stay (they carry the
         deletion marker to the agent) until the stack is hard-deleted. Row ids are
         derived from the owner uid and the stack id, so a Stack re-created under
         the same name gets a new row while the old one stays.
         """
-        target_id = uuid.uuid5(owner_uid, str(stack_id))
+        target_id = uuid.uuid5(owner_uid, str(stack_id)) if stack_id else None
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "DELETE FROM agent_targets t USING annotations a, stacks s"
                 " WHERE a.external_object_id = t.id AND a.key = %s AND a.value = %s"
-                " AND s.id = t.stack_id AND s.deleted_at IS NULL AND t.id <> %s",
+                " AND s.id = t.stack_id AND s.deleted_at IS NULL AND t.id IS DISTINCT FROM %s",
                 (OWNER_KEY, str(owner_uid), target_id),
             )
+            if target_id is None:
+                return None
             try:
                 await conn.execute(
                     "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name) VALUES (%s, %s, %s, %s)"
@@ -363,6 +392,53 @@ class Store:
             row = await (await conn.execute("SELECT stackyard_hard_delete_agent(%s)", (agent_id,))).fetchone()
             return bool(row[0])
 
+    async def agent_by_name(self, name: str, cluster_name: str) -> Agent | None:
+        """The live agent called `name` in `cluster_name`."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(Agent))
+            return await (
+                await cur.execute(
+                    f"SELECT {_AGENT_COLUMNS} FROM agents WHERE name = %s AND cluster_name = %s AND deleted_at IS NULL",
+                    (name, cluster_name),
+                )
+            ).fetchone()
+
+    async def last_event(self, agent_id: uuid.UUID) -> EventRow | None:
+        """The agent's newest event, with the sequence id of its deployment object."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(EventRow))
+            return await (
+                await cur.execute(
+                    "SELECT e.created_at, e.event_type, e.status, e.message, d.sequence_id"
+                    " FROM agent_events e JOIN deployment_objects d ON d.id = e.deployment_object_id"
+                    " WHERE e.agent_id = %s AND e.deleted_at IS NULL ORDER BY e.created_at DESC LIMIT 1",
+                    (agent_id,),
+                )
+            ).fetchone()
+
+    async def agent_phase_counts(self, stale_after: timedelta) -> dict[str, int]:
+        """Live agents by phase: Pending (never heard from), Active, Stale."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT CASE WHEN last_heartbeat IS NULL THEN 'Pending'"
+                    " WHEN last_heartbeat >= now() - %s THEN 'Active' ELSE 'Stale' END AS phase, count(*)"
+                    " FROM agents WHERE deleted_at IS NULL GROUP BY 1",
+                    (stale_after,),
+                )
+            ).fetchall()
+            counts = {"Pending": 0, "Active": 0, "Stale": 0}
+            counts.update({phase: n for phase, n in rows})
+            return counts
+
+    async def target_rows(
+        self, stack_id: uuid.UUID, agent_name: str | None = None, cluster_name: str | None = None
+    ) -> list[TargetRow]:
+        """The stack's targets (optionally one agent's) with each agent's latest event on this stack."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(TargetRow))
+            return await (await cur.execute(TARGET_ROWS_SQL, (stack_id, agent_name, agent_name, cluster_name, cluster_name))).fetchall()
+
     # Agent protocol -------------------------------------------------------------
 
     async def desired_state(self, agent_name: str, cluster_name: str) -> list[DesiredStack]:
@@ -436,6 +512,27 @@ SELECT d.*
          ORDER BY sequence_id DESC
          LIMIT 1) d
  WHERE s.id = ANY(%s)
+"""
+
+
+TARGET_ROWS_SQL = """
+SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS agent_status, a.last_heartbeat,
+       e.status AS event_status, e.message AS event_message, e.created_at AS event_time,
+       e.sequence_id AS event_sequence_id
+  FROM agent_targets t
+  LEFT JOIN agents a
+         ON a.name = t.agent_name AND a.cluster_name = t.cluster_name AND a.deleted_at IS NULL
+  LEFT JOIN LATERAL (
+        SELECT ev.status, ev.message, ev.created_at, d.sequence_id
+          FROM agent_events ev
+          JOIN deployment_objects d ON d.id = ev.deployment_object_id
+         WHERE ev.agent_id = a.id AND d.stack_id = t.stack_id AND ev.deleted_at IS NULL
+         ORDER BY ev.created_at DESC
+         LIMIT 1) e ON true
+ WHERE t.stack_id = %s
+   AND (%s::text IS NULL OR t.agent_name = %s)
+   AND (%s::text IS NULL OR t.cluster_name = %s)
+ ORDER BY t.agent_name, t.cluster_name
 """
 
 

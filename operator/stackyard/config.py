@@ -1,0 +1,36 @@
+"""The settings object of the operator process (one per `stackyard run`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import kopf
+
+GROUP = "stackyard.dev"
+VERSION = "v1alpha1"
+FINALIZER = "stackyard.dev/finalizer"
+ROTATE_PAK_ANNOTATION = "stackyard.dev/rotate-pak"
+FIELD_MANAGER = "stackyard-operator"
+
+
+@dataclass
+class OperatorConfig:
+    """Everything the operator's handlers need to know, set once at start."""
+
+    database_url: str
+    namespaces: list[str] = field(default_factory=list)
+    all_namespaces: bool = True
+    heartbeat_interval: float = 10.0
+    stale_after_missed: int = 3
+    resync_interval: float = 30.0
+    status_throttle: float = 60.0
+    retention_age: timedelta = timedelta(days=7)
+    retention_interval: float = 3600.0
+    pool_max_size: int = 10
+    # Tests point the operator at an emulated API server; production uses kubeconfig or the service account.
+    kube_connection: kopf.ConnectionInfo | None = None
+
+    @property
+    def stale_after(self) -> float:
+        return self.heartbeat_interval * self.stale_after_missed

@@ -1,0 +1,1 @@
+"""Kopf handlers for Stack, AgentTarget and Agent, over the pure functions in this package."""

@@ -1,0 +1,70 @@
+"""Kubernetes-style conditions (Ready, Reconciling, Stalled) that kubectl wait, Flux and kstatus read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+MAX_MESSAGE = 2048
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile concluded.
+
+    ready: "True", "False" or "Unknown". Reconciling and Stalled are present
+    (and True) only while abnormal, as kstatus expects.
+    """
+
+    ready: str
+    reason: str
+    message: str
+    reconciling: bool = False
+    stalled: bool = False
+
+
+def conditions_for(
+    outcome: Outcome, generation: int | None, previous: Sequence[Mapping[str, Any]] | None, now: str | None = None
+) -> list[dict[str, Any]]:
+    """The full conditions list for `outcome`, keeping lastTransitionTime where a status did not change."""
+    now = now or now_rfc3339()
+    before = {c.get("type"): c for c in previous or () if isinstance(c, Mapping)}
+    message = outcome.message[:MAX_MESSAGE]
+    wanted = [("Ready", outcome.ready)]
+    if outcome.reconciling:
+        wanted.append(("Reconciling", "True"))
+    if outcome.stalled:
+        wanted.append(("Stalled", "True"))
+    result = []
+    for kind, status in wanted:
+        old = before.get(kind)
+        changed = old is None or old.get("status") != status
+        condition = {
+            "type": kind,
+            "status": status,
+            "reason": outcome.reason,
+            "message": message,
+            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+        }
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        result.append(condition)
+    return result
+
+
+def ready_outcome(message: str, reason: str = "Reconciled") -> Outcome:
+    return Outcome("True", reason, message)
+
+
+def stalled_outcome(reason: str, message: str) -> Outcome:
+    return Outcome("False", reason, message, stalled=True)
+
+
+def retrying_outcome(reason: str, message: str, ready: str = "Unknown") -> Outcome:
+    return Outcome(ready, reason, message, reconciling=True)

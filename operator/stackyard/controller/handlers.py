@@ -1,0 +1,306 @@
+"""Kopf wiring: thin handlers that call `reconcile` and turn its outcome into status and retries.
+
+`build_registry` returns a fresh registry per operator, with its handlers
+closed over one `Context`, so no state is global and tests can run several.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import kopf
+import psycopg
+import psycopg_pool
+
+from ..config import FINALIZER, GROUP, VERSION, OperatorConfig
+from ..kube import KubeClient, KubeError
+from ..metrics import Metrics
+from ..store import Store
+from .conditions import Outcome, conditions_for, now_rfc3339, retrying_outcome, stalled_outcome
+from .reconcile import (
+    Result,
+    Waiting,
+    agent_heartbeat_status,
+    delete_agent,
+    delete_agent_target,
+    delete_stack,
+    reconcile_agent,
+    reconcile_agent_target,
+    reconcile_stack,
+    stack_target_status,
+)
+from .render import InvalidSpec
+from .storage import DigestDiffBaseStorage
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout, KubeError)
+MAX_RETRY_DELAY = 30.0
+
+
+@dataclass
+class Context:
+    """What every handler of one operator shares."""
+
+    config: OperatorConfig
+    metrics: Metrics
+    store: Store | None = None
+    kube: KubeClient | None = None
+    retired_clients: list[KubeClient] = field(default_factory=list)
+
+    def require_store(self) -> Store:
+        if self.store is None:
+            raise kopf.TemporaryError("the store is not open yet", delay=1)
+        return self.store
+
+    def require_kube(self) -> KubeClient:
+        if self.kube is None:
+            raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=1)
+        return self.kube
+
+
+def configure_settings(settings: kopf.OperatorSettings) -> None:
+    """Kopf settings of DESIGN §3: own finalizer and prefix, small annotations, quiet events."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP, v1=False)
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "stackyard"
+    settings.peering.standalone = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+
+def retry_delay(retry: int) -> float:
+    return min(2.0 ** retry, MAX_RETRY_DELAY)
+
+
+def write_outcome(patch: kopf.Patch, body: Mapping[str, Any], outcome: Outcome, fields: Mapping[str, Any]) -> None:
+    """Put status fields, conditions and observedGeneration into the patch."""
+    generation = body.get("metadata", {}).get("generation")
+    previous = (body.get("status") or {}).get("conditions")
+    for key, value in fields.items():
+        patch.status[key] = value
+    patch.status["conditions"] = conditions_for(outcome, generation, previous)
+    if generation is not None:
+        patch.status["observedGeneration"] = generation
+
+
+async def run_reconcile(
+    ctx: Context,
+    kind: str,
+    body: Mapping[str, Any],
+    patch: kopf.Patch,
+    logger: logging.Logger,
+    retry: int,
+    work: Callable[[], Awaitable[Result]],
+) -> None:
+    """Run one reconcile and record its outcome; the only place errors become conditions."""
+    started = time.monotonic()
+    try:
+        result = await work()
+    except InvalidSpec as exc:
+        ctx.metrics.reconcile_total.labels(kind, "stalled").inc()
+        ctx.metrics.reconcile_errors_total.labels(kind, exc.reason).inc()
+        write_outcome(patch, body, stalled_outcome(exc.reason, exc.message), {})
+        logger.warning("%s is stalled (%s): %s", kind, exc.reason, exc.message)
+        raise kopf.PermanentError(f"{exc.reason}: {exc.message}") from None
+    except Waiting as exc:
+        ctx.metrics.reconcile_total.labels(kind, "waiting").inc()
+        write_outcome(patch, body, retrying_outcome(exc.reason, exc.message, ready="False"), exc.status)
+        logger.info("%s is waiting (%s): %s", kind, exc.reason, exc.message)
+        raise kopf.TemporaryError(exc.message, delay=retry_delay(retry)) from None
+    except TRANSIENT_ERRORS as exc:
+        reason = "KubernetesAPIError" if isinstance(exc, KubeError) else "DatabaseUnavailable"
+        ctx.metrics.reconcile_total.labels(kind, "retry").inc()
+        ctx.metrics.reconcile_errors_total.labels(kind, reason).inc()
+        write_outcome(patch, body, retrying_outcome(reason, f"will retry: {exc}"), {})
+        logger.error("%s reconcile failed (%s), retrying: %s", kind, reason, exc)
+        raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
+    finally:
+        ctx.metrics.reconcile_duration_seconds.labels(kind).observe(time.monotonic() - started)
+    ctx.metrics.reconcile_total.labels(kind, "success").inc()
+    write_outcome(patch, body, result.outcome, result.status)
+
+
+async def run_delete(ctx: Context, kind: str, logger: logging.Logger, retry: int, work: Callable[[], Awaitable[None]]) -> None:
+    """Deletion work behind the finalizer: transient errors keep the finalizer and retry."""
+    try:
+        await work()
+    except TRANSIENT_ERRORS as exc:
+        ctx.metrics.reconcile_errors_total.labels(kind, "DeleteFailed").inc()
+        logger.error("deleting %s failed, retrying: %s", kind, exc)
+        raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
+
+
+def _visible(status: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The parts of a status that people look at, without timestamps that move on their own."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: strip(v) for k, v in value.items() if k not in ("lastTransitionTime", "lastHeartbeat")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return {key: strip(status.get(key)) for key in keys}
+
+
+def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorRegistry:
+    """A Kopf registry with stackyard's handlers for one operator instance."""
+    registry = kopf.OperatorRegistry()
+    ctx = Context(config=config, metrics=metrics)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+        configure_settings(settings)
+        ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size)
+        logger.info("store opened")
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for client in [ctx.kube, *ctx.retired_clients]:
+            if client is not None:
+                await client.close()
+        if ctx.store is not None:
+            await ctx.store.close()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = (
+            config.kube_connection
+            or kopf.login_with_service_account(**kwargs)
+            or kopf.login_with_kubeconfig(**kwargs)
+        )
+        if info is not None:
+            if ctx.kube is not None:
+                ctx.retired_clients.append(ctx.kube)
+            ctx.kube = KubeClient(info)
+        return info
+
+    @kopf.on.probe(id="store", registry=registry)
+    def probe_store(**_: Any) -> dict[str, int]:
+        stats = ctx.store.pool.get_stats() if ctx.store else {}
+        metrics.observe_pool(stats)
+        return {"pool_size": stats.get("pool_size", 0)}
+
+    # Stack -------------------------------------------------------------------------
+
+    @kopf.on.resume(GROUP, VERSION, "stacks", registry=registry)
+    @kopf.on.create(GROUP, VERSION, "stacks", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "stacks", registry=registry)
+    async def stack_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any) -> None:
+        async def work() -> Result:
+            result, created = await reconcile_stack(ctx.require_store(), body, now_rfc3339())
+            if created:
+                metrics.deployment_objects_emitted_total.inc()
+            return result
+
+        await run_reconcile(ctx, "Stack", body, patch, logger, retry, work)
+
+    @kopf.on.delete(GROUP, VERSION, "stacks", registry=registry)
+    async def stack_deleted(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
+        await run_delete(ctx, "Stack", logger, retry, lambda: delete_stack(ctx.require_store(), body))
+
+    @kopf.timer(GROUP, VERSION, "stacks", interval=config.resync_interval, idle=config.resync_interval, registry=registry)
+    async def stack_resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        recorded = (body.get("status") or {}).get("stackId")
+        if not recorded:
+            return
+        stack_id = uuid.UUID(recorded)
+        store = ctx.require_store()
+        latest = await store.latest_deployment_object(stack_id)
+        status = await stack_target_status(store, stack_id, latest, body.get("status") or {}, now_rfc3339())
+        if _visible(status, ("targets", "agents")) != _visible(body.get("status") or {}, ("targets", "agents")):
+            for key, value in status.items():
+                patch.status[key] = value
+            metrics.status_patches_total.labels("Stack").inc()
+
+    # AgentTarget ------------------------------------------------------------------------
+
+    @kopf.on.resume(GROUP, VERSION, "agenttargets", registry=registry)
+    @kopf.on.create(GROUP, VERSION, "agenttargets", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "agenttargets", registry=registry)
+    async def agent_target_changed(
+        body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any
+    ) -> None:
+        await run_reconcile(
+            ctx, "AgentTarget", body, patch, logger, retry, lambda: reconcile_agent_target(ctx.require_store(), body)
+        )
+
+    @kopf.on.delete(GROUP, VERSION, "agenttargets", registry=registry)
+    async def agent_target_deleted(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
+        await run_delete(ctx, "AgentTarget", logger, retry, lambda: delete_agent_target(ctx.require_store(), body))
+
+    @kopf.timer(
+        GROUP, VERSION, "agenttargets", interval=config.resync_interval, idle=config.resync_interval, registry=registry
+    )
+    async def agent_target_resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+        if not (body.get("status") or {}).get("targetId"):
+            return  # not reconciled successfully yet; the handler's own retries cover it
+        try:
+            result = await reconcile_agent_target(ctx.require_store(), body)
+        except (InvalidSpec, Waiting):
+            return  # a spec-level change is the update handler's business
+        keys = ("agent", "deployment")
+        if _visible(result.status, keys) != _visible(body.get("status") or {}, keys):
+            for key in keys:
+                if key in result.status:
+                    patch.status[key] = result.status[key]
+            metrics.status_patches_total.labels("AgentTarget").inc()
+
+    # Agent ----------------------------------------------------------------------------------
+
+    @kopf.on.resume(GROUP, VERSION, "agents", registry=registry)
+    @kopf.on.create(GROUP, VERSION, "agents", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "agents", registry=registry)
+    async def agent_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any) -> None:
+        await run_reconcile(
+            ctx,
+            "Agent",
+            body,
+            patch,
+            logger,
+            retry,
+            lambda: reconcile_agent(ctx.require_store(), ctx.require_kube(), config, body),
+        )
+
+    @kopf.on.delete(GROUP, VERSION, "agents", registry=registry)
+    async def agent_deleted(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
+        await run_delete(ctx, "Agent", logger, retry, lambda: delete_agent(ctx.require_store(), body))
+
+    @kopf.timer(GROUP, VERSION, "agents", interval=config.heartbeat_interval, registry=registry)
+    async def agent_phase_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        previous = body.get("status") or {}
+        agent_id = previous.get("agentId")
+        if not agent_id:
+            return
+        agent = await ctx.require_store().get_agent(uuid.UUID(agent_id))
+        if agent is None:
+            return
+        status = agent_heartbeat_status(agent.last_heartbeat, config)
+        if status["phase"] != previous.get("phase") or _heartbeat_is_old(previous, status, config.status_throttle):
+            for key, value in status.items():
+                patch.status[key] = value
+            metrics.status_patches_total.labels("Agent").inc()
+
+    return registry
+
+
+def _heartbeat_is_old(previous: Mapping[str, Any], status: Mapping[str, Any], throttle: float) -> bool:
+    """True when the recorded lastHeartbeat lags the real one by more than `throttle` seconds."""
+    new, old = status.get("lastHeartbeat"), previous.get("lastHeartbeat")
+    if new is None or new == old:
+        return False
+    if old is None:
+        return True
+    return (_parse_time(new) - _parse_time(old)).total_seconds() >= throttle
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,247 @@
+"""What reconciling each kind means, over the store and the Kubernetes client.
+
+Each function takes the object's body and returns an Outcome plus the status
+fields to write; it raises InvalidSpec for input that retrying cannot fix,
+Waiting for conditions that will resolve on their own, and lets transient
+errors (database or API server unavailable) propagate to be retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .. import pak
+from ..config import FIELD_MANAGER, GROUP, ROTATE_PAK_ANNOTATION, VERSION, OperatorConfig
+from ..kube import SECRETS, KubeClient
+from ..store import Conflict, Store
+from .conditions import Outcome, ready_outcome
+from .render import InvalidSpec, render_stack, required_name, validate_annotations, validate_labels
+from .status import (
+    agent_phase,
+    agent_target_agent_status,
+    agents_status,
+    deployment_object_status,
+    last_event_status,
+    rfc3339,
+    target_state,
+)
+
+
+class Waiting(Exception):
+    """A dependency is missing; retry later (Ready=False with `reason`, Reconciling=True)."""
+
+    def __init__(self, reason: str, message: str, status: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = dict(status or {})
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    status: dict[str, Any]
+
+
+def _uid(body: Mapping[str, Any]) -> uuid.UUID:
+    return uuid.UUID(body["metadata"]["uid"])
+
+
+def _spec(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        raise InvalidSpec("InvalidSpec", "spec is required and must be an object")
+    return spec
+
+
+def stack_row_name(namespace: str, name: str) -> str:
+    """`stacks.name` of a Stack resource."""
+    return f"{namespace}/{name}"
+
+
+# Stack --------------------------------------------------------------------------------
+
+
+async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tuple[Result, bool]:
+    """Upsert the stack and emit a deployment object when its content changed; returns (result, emitted)."""
+    spec = _spec(body)
+    meta = body["metadata"]
+    description = spec.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidSpec("InvalidSpec", "spec.description must be a string")
+    labels = validate_labels(spec.get("labels"), "spec.labels")
+    annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
+    content, _checksum, count = render_stack(spec)
+    stack_id = _uid(body)
+    try:
+        await store.upsert_stack(stack_id, stack_row_name(meta["namespace"], meta["name"]), description, labels, annotations)
+    except Conflict as exc:
+        raise InvalidSpec("StackDeleted", str(exc)) from exc
+    emitted = await store.emit_deployment_object(stack_id, content)
+    do = emitted.deployment_object
+    status = await stack_target_status(store, stack_id, do, body.get("status") or {}, now)
+    status["stackId"] = str(stack_id)
+    status["deploymentObject"] = deployment_object_status(do, count)
+    outcome = ready_outcome(f"sequence {do.sequence_id} stored ({count} resources)")
+    return Result(outcome, status), emitted.created
+
+
+async def stack_target_status(
+    store: Store, stack_id: uuid.UUID, latest: Any, previous_status: Mapping[str, Any], now: str
+) -> dict[str, Any]:
+    """`targets` and `agents` of a Stack's status from its targets and their agents' events."""
+    rows = await store.target_rows(stack_id)
+    counts, entries = agents_status(latest, rows, previous_status.get("agents"), now)
+    return {"targets": counts, "agents": entries}
+
+
+async def delete_stack(store: Store, body: Mapping[str, Any]) -> None:
+    """Soft-delete: the database emits the deletion marker that the targets carry to the agents."""
+    await store.soft_delete_stack(_uid(body))
+
+
+# AgentTarget ----------------------------------------------------------------------------
+
+
+async def reconcile_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
+    spec = _spec(body)
+    stack_ref = spec.get("stackRef")
+    if not isinstance(stack_ref, Mapping):
+        raise InvalidSpec("InvalidSpec", "spec.stackRef.name is required")
+    stack_name = required_name(stack_ref.get("name"), "spec.stackRef.name")
+    agent_name = required_name(spec.get("agentName"), "spec.agentName")
+    cluster_name = required_name(spec.get("clusterName"), "spec.clusterName")
+    owner = _uid(body)
+    namespace = body["metadata"]["namespace"]
+    stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
+    agent = await store.agent_by_name(agent_name, cluster_name)
+    agent_status = agent_target_agent_status(agent)
+    if stack_id is None:
+        await store.set_agent_target(owner, None, agent_name, cluster_name)
+        raise Waiting(
+            "StackNotFound",
+            f"Stack {namespace}/{stack_name} does not exist; waiting for it",
+            {"agent": agent_status},
+        )
+    try:
+        target_id = await store.set_agent_target(owner, stack_id, agent_name, cluster_name)
+    except Conflict as exc:
+        raise InvalidSpec("DuplicateTarget", str(exc)) from exc
+    latest = await store.latest_deployment_object(stack_id)
+    rows = await store.target_rows(stack_id, agent_name, cluster_name)
+    status: dict[str, Any] = {"targetId": str(target_id), "stackId": str(stack_id), "agent": agent_status}
+    if rows:
+        state, sequence_id, message = target_state(latest, rows[0])
+        deployment: dict[str, Any] = {"state": state, "message": message}
+        if sequence_id is not None:
+            deployment["sequenceId"] = sequence_id
+        if rows[0].event_time is not None:
+            deployment["lastEventTime"] = rfc3339(rows[0].event_time)
+        status["deployment"] = deployment
+    registered = "registered" if agent else "not registered yet"
+    return Result(ready_outcome(f"targets agent {agent_name} in cluster {cluster_name} ({registered})"), status)
+
+
+async def delete_agent_target(store: Store, body: Mapping[str, Any]) -> None:
+    await store.remove_agent_targets(_uid(body))
+
+
+# Agent ------------------------------------------------------------------------------------
+
+
+def pak_secret_name(agent_resource_name: str) -> str:
+    return f"{agent_resource_name}-pak"
+
+
+def pak_secret(body: Mapping[str, Any], token: str) -> dict[str, Any]:
+    """The Secret that carries an agent's key, owned by the Agent so it goes with it."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": pak_secret_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {"app.kubernetes.io/managed-by": "stackyard", "stackyard.dev/agent": meta["name"]},
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "Agent",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": {"pak": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def secret_token(secret: Mapping[str, Any] | None) -> str | None:
+    if not secret:
+        return None
+    encoded = (secret.get("data") or {}).get("pak")
+    if not encoded:
+        return None
+    try:
+        return base64.b64decode(encoded).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig, body: Mapping[str, Any]) -> Result:
+    """Register the agent row, and issue a PAK when there is none, it does not verify, or a rotation is asked."""
+    spec = _spec(body)
+    meta = body["metadata"]
+    agent_name = required_name(spec.get("agentName") or meta["name"], "spec.agentName")
+    cluster_name = required_name(spec.get("clusterName"), "spec.clusterName")
+    labels = validate_labels(spec.get("labels"), "spec.labels")
+    annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
+    try:
+        agent = await store.register_agent(_uid(body), agent_name, cluster_name, labels, annotations)
+    except Conflict as exc:
+        raise InvalidSpec("AgentNameConflict", str(exc)) from exc
+    previous = body.get("status") or {}
+    rotation = (meta.get("annotations") or {}).get(ROTATE_PAK_ANNOTATION)
+    path = SECRETS.path(meta["namespace"], pak_secret_name(meta["name"]))
+    token = secret_token(await kube.get_or_none(path))
+    rotate = rotation is not None and rotation != previous.get("pakRotation")
+    issued = False
+    if token is None or rotate or not pak.verify(token, agent.pak_hash):
+        key = pak.generate()
+        await store.set_agent_pak_hash(agent.id, key.secret_hash)
+        await kube.apply(path, pak_secret(body, key.token), FIELD_MANAGER)
+        issued = True
+    status: dict[str, Any] = {
+        "agentId": str(agent.id),
+        "pakSecretName": pak_secret_name(meta["name"]),
+        **agent_heartbeat_status(agent.last_heartbeat, config),
+    }
+    if rotation is not None:
+        status["pakRotation"] = rotation
+    event = await store.last_event(agent.id)
+    if event is not None:
+        status["lastEvent"] = last_event_status(event)
+    message = f"registered as {agent_name} in cluster {cluster_name}" + ("; API key issued" if issued else "")
+    return Result(ready_outcome(message), status)
+
+
+def agent_heartbeat_status(last_heartbeat: datetime | None, config: OperatorConfig) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": agent_phase(last_heartbeat, datetime.now(timezone.utc), config.stale_after)
+    }
+    if last_heartbeat is not None:
+        status["lastHeartbeat"] = rfc3339(last_heartbeat)
+    return status
+
+
+async def delete_agent(store: Store, body: Mapping[str, Any]) -> None:
+    """Soft-delete the agent (its events follow); the PAK Secret goes with the Agent by owner reference."""
+    await store.soft_delete_agent(_uid(body))

@@ -1,0 +1,121 @@
+"""Pure functions from a Stack's spec to rows and canonical YAML."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from ..store import sha256_hex
+
+MAX_RESOURCES = 500
+NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# Applied first by the agent, and so listed first.
+KIND_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
+
+
+class InvalidSpec(Exception):
+    """Input that retrying cannot fix; becomes Stalled=True with `reason`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _check_resource(index: int, resource: Any) -> tuple[str, str, str, str]:
+    where = f"spec.resources[{index}]"
+    if not isinstance(resource, Mapping):
+        raise InvalidSpec("InvalidResource", f"{where} must be an object, got {type(resource).__name__}")
+    api_version, kind = resource.get("apiVersion"), resource.get("kind")
+    if not isinstance(api_version, str) or not api_version:
+        raise InvalidSpec("InvalidResource", f"{where}.apiVersion is required")
+    if api_version.count("/") > 1 or api_version.startswith("/") or api_version.endswith("/"):
+        raise InvalidSpec("InvalidResource", f"{where}.apiVersion {api_version!r} is not group/version")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidSpec("InvalidResource", f"{where}.kind is required")
+    metadata = resource.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise InvalidSpec("InvalidResource", f"{where}.metadata is required")
+    name, namespace = metadata.get("name"), metadata.get("namespace", "")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise InvalidSpec("InvalidResource", f"{where}.metadata.name {name!r} is not a valid Kubernetes name")
+    if not isinstance(namespace, str) or (namespace and not NAME_PATTERN.match(namespace)):
+        raise InvalidSpec("InvalidResource", f"{where}.metadata.namespace {namespace!r} is not a valid namespace")
+    group = api_version.split("/")[0] if "/" in api_version else ""
+    return group, kind, namespace, name
+
+
+def validate_resources(resources: Any) -> list[Mapping[str, Any]]:
+    """Check `spec.resources`; raise InvalidSpec naming the first bad item."""
+    if resources is None:
+        return []
+    if not isinstance(resources, list):
+        raise InvalidSpec("InvalidResources", "spec.resources must be a list of Kubernetes objects")
+    if len(resources) > MAX_RESOURCES:
+        raise InvalidSpec("TooManyResources", f"spec.resources has {len(resources)} items; at most {MAX_RESOURCES}")
+    seen: dict[tuple[str, str, str, str], int] = {}
+    for index, resource in enumerate(resources):
+        identity = _check_resource(index, resource)
+        if identity in seen:
+            group, kind, namespace, name = identity
+            raise InvalidSpec(
+                "DuplicateResource",
+                f"spec.resources[{index}] and [{seen[identity]}] are both {kind} {namespace + '/' if namespace else ''}{name}",
+            )
+        seen[identity] = index
+    return resources
+
+
+def _sort_key(resource: Mapping[str, Any]) -> tuple:
+    metadata = resource["metadata"]
+    return (
+        KIND_ORDER.get(resource["kind"], 2),
+        resource["apiVersion"],
+        resource["kind"],
+        metadata.get("namespace", ""),
+        metadata["name"],
+    )
+
+
+def canonical_yaml(resources: list[Mapping[str, Any]]) -> str:
+    """Multi-document YAML with sorted keys and a stable document order (Namespaces and CRDs first)."""
+    documents = sorted(resources, key=_sort_key)
+    return "".join(
+        yaml.safe_dump(dict(doc), sort_keys=True, default_flow_style=False, explicit_start=True, allow_unicode=True)
+        for doc in documents
+    )
+
+
+def render_stack(spec: Mapping[str, Any]) -> tuple[str, str, int]:
+    """(canonical YAML, its sha256, number of resources) for a Stack spec."""
+    resources = validate_resources(spec.get("resources"))
+    content = canonical_yaml(resources)
+    return content, sha256_hex(content), len(resources)
+
+
+def validate_labels(labels: Any, where: str) -> list[str]:
+    if labels is None:
+        return []
+    if not isinstance(labels, list) or not all(isinstance(x, str) and 0 < len(x) <= 255 for x in labels):
+        raise InvalidSpec("InvalidLabels", f"{where} must be a list of non-empty strings of at most 255 characters")
+    return labels
+
+
+def validate_annotations(annotations: Any, where: str) -> dict[str, str]:
+    if annotations is None:
+        return {}
+    if not isinstance(annotations, Mapping) or not all(
+        isinstance(k, str) and 0 < len(k) <= 255 and isinstance(v, str) for k, v in annotations.items()
+    ):
+        raise InvalidSpec("InvalidAnnotations", f"{where} must map keys of 1-255 characters to strings")
+    return dict(annotations)
+
+
+def required_name(value: Any, where: str) -> str:
+    """A required DNS-style name field, or InvalidSpec."""
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise InvalidSpec("InvalidSpec", f"{where} {value!r} must be a lowercase DNS name")
+    return value

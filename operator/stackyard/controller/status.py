@@ -1,0 +1,121 @@
+"""Pure functions from store rows to the status stanzas of Stack, AgentTarget and Agent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from ..store import Agent, DeploymentObject, TargetRow
+from ..store.store import EventRow
+
+MAX_AGENTS_IN_STATUS = 100
+MAX_STATUS_MESSAGE = 512
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def deployment_object_status(do: DeploymentObject, resource_count: int | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "id": str(do.id),
+        "sequenceId": do.sequence_id,
+        "checksum": do.yaml_checksum,
+        "submittedAt": rfc3339(do.submitted_at),
+    }
+    if resource_count is not None:
+        status["resourceCount"] = resource_count
+    return status
+
+
+def target_state(latest: DeploymentObject | None, row: TargetRow) -> tuple[str, int | None, str]:
+    """(state, sequenceId, message) of one target given the stack's latest deployment object."""
+    if latest is None:
+        return "Pending", None, "no deployment object yet"
+    if row.agent_id is None:
+        return "Pending", None, f"agent {row.agent_name!r} in cluster {row.cluster_name!r} is not registered"
+    on_latest = row.event_sequence_id == latest.sequence_id
+    if latest.is_deletion_marker:
+        if on_latest and row.event_status == "SUCCESS":
+            return "Applied", latest.sequence_id, "objects removed"
+        return "Deleting", row.event_sequence_id, row.event_message or "waiting for the agent to remove the objects"
+    if on_latest and row.event_status == "SUCCESS":
+        return "Applied", latest.sequence_id, row.event_message or "applied"
+    if on_latest and row.event_status == "FAILURE":
+        return "Failed", latest.sequence_id, row.event_message or "apply failed"
+    return "Pending", row.event_sequence_id, f"waiting for the agent to apply sequence {latest.sequence_id}"
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= MAX_STATUS_MESSAGE else text[: MAX_STATUS_MESSAGE - 1] + "…"
+
+
+def agents_status(
+    latest: DeploymentObject | None,
+    rows: Sequence[TargetRow],
+    previous: Sequence[Mapping[str, Any]] | None,
+    now: str,
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Target counts and the bounded per-agent list of a Stack's status."""
+    before = {
+        (p.get("agentName"), p.get("clusterName")): p for p in previous or () if isinstance(p, Mapping)
+    }
+    counts = {"total": len(rows), "applied": 0, "failed": 0, "pending": 0}
+    entries = []
+    for row in rows:
+        state, sequence_id, message = target_state(latest, row)
+        if state == "Applied":
+            counts["applied"] += 1
+        elif state == "Failed":
+            counts["failed"] += 1
+        else:
+            counts["pending"] += 1
+        old = before.get((row.agent_name, row.cluster_name))
+        unchanged = old is not None and old.get("state") == state and old.get("sequenceId") == sequence_id
+        entry: dict[str, Any] = {
+            "agentName": row.agent_name,
+            "clusterName": row.cluster_name,
+            "state": state,
+            "message": _truncate(message),
+            "lastTransitionTime": old.get("lastTransitionTime", now) if unchanged else now,
+        }
+        if sequence_id is not None:
+            entry["sequenceId"] = sequence_id
+        entries.append(entry)
+    # Failed first, then Pending/Deleting, then Applied: the ones people need to see survive the bound.
+    order = {"Failed": 0, "Deleting": 1, "Pending": 2, "Applied": 3}
+    entries.sort(key=lambda e: (order[e["state"]], e["agentName"], e["clusterName"]))
+    return counts, entries[:MAX_AGENTS_IN_STATUS]
+
+
+def agent_phase(last_heartbeat: datetime | None, now: datetime, stale_after: float) -> str:
+    """Pending until the first heartbeat, Active, then Stale after `stale_after` seconds of silence."""
+    if last_heartbeat is None:
+        return "Pending"
+    if (now - last_heartbeat).total_seconds() > stale_after:
+        return "Stale"
+    return "Active"
+
+
+def last_event_status(event: EventRow | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    return {
+        "time": rfc3339(event.created_at),
+        "type": event.event_type,
+        "status": event.status,
+        "message": _truncate(event.message or ""),
+        "sequenceId": event.sequence_id,
+    }
+
+
+def agent_target_agent_status(agent: Agent | None) -> dict[str, Any]:
+    if agent is None:
+        return {"registered": False}
+    status: dict[str, Any] = {"registered": True, "status": agent.status}
+    if agent.last_heartbeat is not None:
+        status["lastHeartbeat"] = rfc3339(agent.last_heartbeat)
+    return status

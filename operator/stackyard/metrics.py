@@ -1,0 +1,70 @@
+"""Prometheus metrics of the operator and the agent API (DESIGN §7).
+
+Each process builds one `Metrics` with its own registry (no module-level
+state), so tests can run several operators side by side. Labels are bounded:
+kinds, results, routes and codes, never a resource or agent name.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """All of stackyard's operator and API metrics on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.reconcile_total = Counter(
+            "stackyard_reconcile", "Reconciles by kind and result (success, stalled, retry).", ["kind", "result"],
+            registry=r,
+        )
+        self.reconcile_errors_total = Counter(
+            "stackyard_reconcile_errors", "Reconciles that failed, by kind and reason.", ["kind", "reason"], registry=r
+        )
+        self.reconcile_duration_seconds = Histogram(
+            "stackyard_reconcile_duration_seconds", "Time spent in one reconcile, by kind.", ["kind"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.deployment_objects_emitted_total = Counter(
+            "stackyard_deployment_objects_emitted", "Deployment objects inserted because a Stack changed.", registry=r
+        )
+        self.agents = Gauge("stackyard_agents", "Agents by phase.", ["phase"], registry=r)
+        self.status_mirror_lag_seconds = Histogram(
+            "stackyard_status_mirror_lag_seconds",
+            "Time from an agent's heartbeat or event reaching PostgreSQL to the custom resource status patch.",
+            buckets=LAG_BUCKETS, registry=r,
+        )
+        self.status_patches_total = Counter(
+            "stackyard_status_patches", "Status patches written by the mirror, by kind.", ["kind"], registry=r
+        )
+        self.api_requests_total = Counter(
+            "stackyard_api_requests", "Agent API requests by route, method and status code.", ["route", "method", "code"],
+            registry=r,
+        )
+        self.api_request_duration_seconds = Histogram(
+            "stackyard_api_request_duration_seconds", "Agent API latency by route.", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.db_pool_connections = Gauge(
+            "stackyard_db_pool_connections", "PostgreSQL pool connections by state (size, idle, waiting).", ["state"],
+            registry=r,
+        )
+        self.retention_purged_total = Counter(
+            "stackyard_retention_purged_rows", "Soft-deleted rows hard-deleted by retention, by table.", ["table"],
+            registry=r,
+        )
+
+    def observe_pool(self, stats: dict[str, int]) -> None:
+        """Copy psycopg_pool's get_stats() into the pool gauges."""
+        self.db_pool_connections.labels("size").set(stats.get("pool_size", 0))
+        self.db_pool_connections.labels("idle").set(stats.get("pool_available", 0))
+        self.db_pool_connections.labels("waiting").set(stats.get("requests_waiting", 0))
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,319 @@
+"""A Kubernetes API for tests: kmock's emulator with what stock kmock 0.8 lacks (DESIGN §9).
+
+No Kubernetes cluster can run on the test machines, so this emulator stands in
+for the API server, over real HTTP, in its own thread and event loop. It adds:
+metadata.uid, resourceVersion (bumped on every write), generation (bumped on
+spec changes), creationTimestamp, generateName, JSON-patch with a 422 for a
+failed `test`, merge patches that delete keys set to null, status-subresource
+semantics, and create-or-patch for server-side apply. It does not validate
+schemas (tests validate against the CRD schemas themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import datetime
+import secrets
+import threading
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp.web
+import jsonpatch
+import jsonpointer
+import kmock
+import yaml
+from kmock._internal import enums
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
+    return aiohttp.web.json_response(
+        {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": code,
+         "reason": reason, "message": message},
+        status=code,
+    )
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: null deletes a key."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """KubernetesEmulator with the object lifecycle a Kopf operator and an agent rely on."""
+
+    def _now(self) -> str:
+        return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+    def _next_version(self) -> str:
+        self._rv = getattr(self, "_rv", 1000) + 1
+        return str(self._rv)
+
+    def _has_status_subresource(self, resource: Any) -> bool:
+        try:
+            return "status" in self.resources[resource].subresources
+        except Exception:
+            return False
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.action == enums.action.CREATE:
+            return await self._create(request, request.data)
+        if request.resource is not None and request.action == enums.action.UPDATE and request.name:
+            return await self._update(request)
+        if request.resource is not None and request.action == enums.action.DELETE and request.name:
+            return await self._delete(request)
+        return await super()._handle(request)
+
+    def _log(self, resource: Any) -> collections.deque:
+        logs = self.__dict__.setdefault("_event_logs", {})
+        return logs.setdefault(resource, collections.deque(maxlen=50_000))
+
+    async def _publish(self, resource: Any, kind: str, obj: dict[str, Any]) -> None:
+        """Record an event with the object's resourceVersion and send it to the watchers (lock held)."""
+        event = {"type": kind, "object": copy.deepcopy(obj)}
+        self._log(resource).append((int(obj["metadata"]["resourceVersion"]), event))
+        await self._buses[resource].put(event)
+
+    def _matches(self, request: kmock.Request, resource: Any, namespace: str | None) -> bool:
+        return resource == request.resource and (request.namespace is None or namespace == request.namespace)
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        if request.resource not in self._get_resources():
+            raise kmock.KubernetesResourceNotFoundError()
+        async with self._lock:
+            items = [
+                copy.deepcopy(obj.raw)
+                for (resource, namespace, _name), obj in self._objects.items()
+                if self._matches(request, resource, namespace) and not obj.deleted
+            ]
+            version = str(getattr(self, "_rv", 1000))
+        return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": version}, "items": items}
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        """Watch from a resourceVersion, as the API server does.
+
+        Stock kmock re-sends every object as ADDED and subscribes only after
+        that, so a client that lists first sees duplicates and can miss writes
+        made in between; Kopf then stalls on a stale resourceVersion.
+        """
+        yield b""
+        bus = self._buses[request.resource]
+        since = request.params.get("resourceVersion", "")
+        async with self._lock:
+            marker = await bus.mark()
+            if since.isdigit() and int(since) > 0:
+                replay = [event for version, event in self._log(request.resource) if version > int(since)]
+            else:
+                replay = [
+                    {"type": "ADDED", "object": copy.deepcopy(obj.raw)}
+                    for (resource, namespace, _name), obj in self._objects.items()
+                    if self._matches(request, resource, namespace) and not obj.deleted
+                ]
+        try:
+            for event in replay:
+                if self._matches(request, request.resource, event["object"]["metadata"].get("namespace")):
+                    yield event
+            async for event in bus.stream(since=marker):
+                if self._matches(request, request.resource, event["object"]["metadata"].get("namespace")):
+                    yield event
+        finally:
+            await bus.unmark(marker)
+
+    async def _delete(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                return _status(404, "NotFound", f"{request.name} not found")
+            obj = copy.deepcopy(self._objects[key].raw)
+            meta = obj["metadata"]
+            meta["resourceVersion"] = self._next_version()
+            if meta.get("finalizers"):
+                if not meta.get("deletionTimestamp"):
+                    meta["deletionTimestamp"] = self._now()
+                self._objects[key].create(obj)
+                await self._publish(request.resource, "MODIFIED", obj)
+            else:
+                self._objects[key].delete()
+                await self._publish(request.resource, "DELETED", obj)
+        return aiohttp.web.json_response(obj)
+
+    async def _create(self, request: kmock.Request, body: Any) -> aiohttp.web.StreamResponse:
+        if not isinstance(body, dict):
+            return _status(400, "BadRequest", "the body must be an object")
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        if request.name and not meta.get("name"):
+            meta["name"] = request.name
+        if not meta.get("name"):
+            return _status(422, "Invalid", "metadata.name: Required value")
+        namespace = request.namespace or meta.get("namespace")
+        if namespace:
+            meta["namespace"] = namespace
+        key = (request.resource, namespace, meta["name"])
+        async with self._lock:
+            if key in self._objects and not self._objects[key].deleted:
+                return _status(409, "AlreadyExists", f"{meta['name']} already exists")
+            meta["uid"] = str(uuid.uuid4())
+            meta["resourceVersion"] = self._next_version()
+            meta["generation"] = 1
+            meta["creationTimestamp"] = self._now()
+            meta.pop("deletionTimestamp", None)
+            if key in self._objects:
+                self._objects[key].create(obj)
+            else:
+                self._objects[key] = obj
+            await self._publish(request.resource, "ADDED", obj)
+        return aiohttp.web.json_response(obj, status=201)
+
+    async def _update(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        key = (request.resource, request.namespace, request.name)
+        content_type = request.headers.get("Content-Type", "")
+        async with self._lock:
+            exists = key in self._objects and not self._objects[key].deleted
+        if not exists:
+            if "apply-patch" in content_type and request.subresource is None:
+                body = copy.deepcopy(request.data) if isinstance(request.data, dict) else None
+                if body is None:
+                    return _status(400, "BadRequest", "the apply body must be an object")
+                body.setdefault("metadata", {})["name"] = request.name
+                return await self._create(request, body)
+            return _status(404, "NotFound", f"{request.name} not found")
+        async with self._lock:
+            current = copy.deepcopy(self._objects[key].raw)
+            if isinstance(request.data, list):
+                try:
+                    new = jsonpatch.apply_patch(current, request.data)
+                except jsonpatch.JsonPatchTestFailed as exc:
+                    return _status(422, "Invalid", f"the test operation failed: {exc}")
+                except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+                    return _status(422, "Invalid", f"the JSON patch cannot be applied: {exc}")
+            elif isinstance(request.data, dict):
+                if request.method == enums.method.PUT:
+                    new = copy.deepcopy(request.data)
+                else:
+                    new = merge_patch(current, request.data)
+            else:
+                return _status(400, "BadRequest", "the patch body must be an object or a list")
+            if request.subresource == "status":
+                new = {**current, "status": new.get("status")}
+            elif self._has_status_subresource(request.resource):
+                new["status"] = current.get("status")
+            if new.get("status") is None:
+                new.pop("status", None)
+            meta = new.setdefault("metadata", {})
+            for fixed in ("uid", "creationTimestamp", "name", "namespace"):
+                if fixed in current.get("metadata", {}):
+                    meta[fixed] = current["metadata"][fixed]
+            if current["metadata"].get("deletionTimestamp"):
+                meta["deletionTimestamp"] = current["metadata"]["deletionTimestamp"]
+            generation = current["metadata"].get("generation", 1)
+            changed_spec = {k: v for k, v in new.items() if k not in ("metadata", "status")} != {
+                k: v for k, v in current.items() if k not in ("metadata", "status")
+            }
+            meta["generation"] = generation + 1 if changed_spec else generation
+            meta["resourceVersion"] = self._next_version()
+            if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                self._objects[key].delete()
+                await self._publish(request.resource, "DELETED", new)
+            else:
+                self._objects[key].create(new)
+                await self._publish(request.resource, "MODIFIED", new)
+        return aiohttp.web.json_response(new)
+
+
+def load_crds() -> list[dict[str, Any]]:
+    return [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
+
+
+def register_crd(emulator: Emulator, crd: dict[str, Any]) -> None:
+    """Serve a CRD's resource in discovery, as the API server does once it is established."""
+    spec = crd["spec"]
+    for version in spec["versions"]:
+        emulator.resources[f"{spec['group']}/{version['name']}/{spec['names']['plural']}"] = kmock.ResourceInfo(
+            kind=spec["names"]["kind"],
+            singular=spec["names"].get("singular"),
+            namespaced=spec["scope"] == "Namespaced",
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            shortnames=set(spec["names"].get("shortNames", [])),
+            categories=set(spec["names"].get("categories", [])),
+            subresources=set(version.get("subresources", {})),
+        )
+
+
+class LoopThread:
+    """An event loop in a daemon thread, for servers and operators that must not share the test's loop."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+class KubeServer:
+    """An emulated API server on 127.0.0.1 with the built-in kinds and stackyard's CRDs."""
+
+    def __init__(self, crds: bool = True):
+        self.thread = LoopThread("kmock")
+        self.emulator: Emulator | None = None
+        self._server: kmock.Server | None = None
+        self._crds = crds
+        self.url = ""
+
+    def start(self) -> "KubeServer":
+        async def start() -> str:
+            self.emulator = Emulator()
+            self.emulator.resources.load_bundled()
+            if self._crds:
+                for crd in load_crds():
+                    register_crd(self.emulator, crd)
+            await self.emulator.__aenter__()
+            self._server = kmock.Server(self.emulator)
+            await self._server.__aenter__()
+            return str(self._server.url).rstrip("/")
+
+        self.url = self.thread.run(start())
+        return self
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                await self._server.__aexit__(None, None, None)
+            if self.emulator is not None:
+                await self.emulator.__aexit__(None, None, None)
+
+        try:
+            self.thread.run(stop(), timeout=20)
+        finally:
+            self.thread.stop()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` in the emulator's loop (for direct, thread-safe access to its objects)."""
+
+        async def wrapper() -> T:
+            return fn()
+
+        return self.thread.run(wrapper())
