@@ -115,9 +115,9 @@ def kube_server() -> Iterator["KubeServer"]:
 @pytest.fixture
 def operator(kube_server, db_url) -> Iterator["OperatorThread"]:
     """A real Kopf operator loop against the emulator and this test's database."""
-    from .operator_harness import OperatorThread, test_config
+    from .operator_harness import OperatorThread, operator_config
 
-    running = OperatorThread(kube_server, test_config(db_url, kube_server)).start()
+    running = OperatorThread(kube_server, operator_config(db_url, kube_server)).start()
     try:
         yield running
     finally:

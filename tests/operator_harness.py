@@ -59,7 +59,7 @@ class OperatorThread:
             self.thread = None
 
 
-def test_config(database_url: str, kube: KubeServer, **overrides: Any) -> OperatorConfig:
+def operator_config(database_url: str, kube: KubeServer, **overrides: Any) -> OperatorConfig:
     """Operator settings for tests: short intervals, the emulator's URL."""
     values: dict[str, Any] = dict(
         database_url=database_url,
