@@ -74,6 +74,60 @@ def cmd_db_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .config import OperatorConfig
+    from .durations import duration_seconds, parse_duration
+    from .serve import RunAddresses, run_all
+    from .store import migrate
+    from .store.location import database_url
+
+    namespaces = [ns for value in args.namespace or [] for ns in value.split(",") if ns]
+    with database_url(args.database_url, args.data_dir) as url:
+        migrate(url)
+        config = OperatorConfig(
+            database_url=url,
+            namespaces=namespaces,
+            all_namespaces=args.all_namespaces or not namespaces,
+            heartbeat_interval=duration_seconds(args.heartbeat_interval),
+            resync_interval=duration_seconds(args.resync_interval),
+            retention_age=parse_duration(args.retention_age),
+            retention_interval=duration_seconds(args.retention_interval),
+        )
+        scope = "all namespaces" if config.all_namespaces else ", ".join(namespaces)
+        log.info("starting the operator for %s", scope)
+        asyncio.run(run_all(config, RunAddresses(metrics=args.metrics_address, health=args.health_address)))
+    return 0
+
+
+def add_run(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser("run", help="the operator, the agent API and /metrics in one process")
+    add_common(run)
+    add_database(run)
+    env_namespaces = os.environ.get("STACKYARD_NAMESPACE")
+    run.add_argument(
+        "--namespace",
+        action="append",
+        default=[env_namespaces] if env_namespaces else None,
+        help="watch only this namespace; repeatable or comma-separated (env STACKYARD_NAMESPACE; default: all)",
+    )
+    run.add_argument(
+        "--all-namespaces",
+        action="store_true",
+        default=os.environ.get("STACKYARD_ALL_NAMESPACES", "").lower() in ("1", "true", "yes"),
+        help="watch every namespace (env STACKYARD_ALL_NAMESPACES; the default when no --namespace is given)",
+    )
+    add_option(run, "--api-address", "listen address of the agent API", "0.0.0.0:8080")
+    add_option(run, "--metrics-address", "listen address of /metrics", "0.0.0.0:9090")
+    add_option(run, "--health-address", "listen address of the liveness probe /healthz", "0.0.0.0:8081")
+    add_option(run, "--heartbeat-interval", "expected agent heartbeat interval; 3 missed make an agent Stale", "10s")
+    add_option(run, "--resync-interval", "periodic status resync (safety net behind LISTEN/NOTIFY)", "30s")
+    add_option(run, "--retention-age", "hard-delete soft-deleted rows older than this", "7d")
+    add_option(run, "--retention-interval", "how often the retention purge runs", "1h")
+    run.set_defaults(handler=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stackyard", description=__doc__)
     parser.add_argument("--version", action="version", version=f"stackyard {__version__}")
@@ -87,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_common(sub)
         add_database(sub)
         sub.set_defaults(handler=handler)
+    add_run(commands)
     return parser
 
 
