@@ -97,8 +97,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         scope = "all namespaces" if config.all_namespaces else ", ".join(namespaces)
         log.info("starting the operator for %s", scope)
-        asyncio.run(run_all(config, RunAddresses(metrics=args.metrics_address, health=args.health_address)))
+        addresses = RunAddresses(metrics=args.metrics_address, health=args.health_address, api=args.api_address)
+        asyncio.run(run_all(config, addresses))
     return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .serve import run_api
+    from .store import migrate
+    from .store.location import database_url
+
+    with database_url(args.database_url, args.data_dir) as url:
+        migrate(url)
+        asyncio.run(run_api(url, args.api_address, args.metrics_address, int(args.pool_size)))
+    return 0
+
+
+def add_api(commands: argparse._SubParsersAction) -> None:
+    api = commands.add_parser("api", help="the agent API alone (stateless over PostgreSQL; scale it out)")
+    add_common(api)
+    add_database(api)
+    add_option(api, "--api-address", "listen address of the agent API", "0.0.0.0:8080")
+    add_option(api, "--metrics-address", "listen address of /metrics", "0.0.0.0:9090")
+    add_option(api, "--pool-size", "maximum PostgreSQL connections", "10")
+    api.set_defaults(handler=cmd_api)
 
 
 def add_run(commands: argparse._SubParsersAction) -> None:
@@ -142,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_database(sub)
         sub.set_defaults(handler=handler)
     add_run(commands)
+    add_api(commands)
     return parser
 
 

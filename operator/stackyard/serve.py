@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from .api import create_app
+from .api.waiters import StateWaiters
 from .config import OperatorConfig
 from .controller.operator import run_operator
 from .metrics import Metrics
@@ -74,19 +77,57 @@ async def retention_loop(store: Store, config: OperatorConfig, metrics: Metrics)
 class RunAddresses:
     metrics: str
     health: str
+    api: str | None = None
+
+
+@contextlib.asynccontextmanager
+async def api_serving(database_url: str, address: str, metrics: Metrics, pool_max_size: int) -> AsyncIterator[Store]:
+    """The agent API on `address` with its own pool and LISTEN connection."""
+    store = await Store.open(database_url, min_size=1, max_size=pool_max_size)
+    waiters = StateWaiters(store, database_url)
+    listener = asyncio.create_task(waiters.run(), name="state-listener")
+    try:
+        async with serving(create_app(store, metrics, waiters), address):
+            yield store
+    finally:
+        await _cancel(listener)
+        await store.close()
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def run_all(config: OperatorConfig, addresses: RunAddresses) -> None:
-    """Run until Kopf stops (SIGTERM/SIGINT): the operator, the metrics server, retention."""
+    """Run until Kopf stops (SIGTERM/SIGINT): the operator, the agent API, /metrics, retention."""
     metrics = Metrics()
     maintenance = await Store.open(config.database_url, min_size=1, max_size=2)
     retention = asyncio.create_task(retention_loop(maintenance, config, metrics), name="retention")
     try:
-        async with serving(metrics_app(metrics), addresses.metrics):
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(serving(metrics_app(metrics), addresses.metrics))
+            if addresses.api:
+                await stack.enter_async_context(
+                    api_serving(config.database_url, addresses.api, metrics, config.pool_max_size)
+                )
             host, port = split_address(addresses.health)
             await run_operator(config, metrics, liveness_endpoint=f"http://{host}:{port}/healthz")
     finally:
-        retention.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await retention
+        await _cancel(retention)
         await maintenance.close()
+
+
+async def run_api(database_url: str, api_address: str, metrics_address: str, pool_max_size: int) -> None:
+    """`stackyard api`: the agent API alone, until SIGTERM/SIGINT."""
+    metrics = Metrics()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with serving(metrics_app(metrics), metrics_address), api_serving(
+        database_url, api_address, metrics, pool_max_size
+    ):
+        await stop.wait()
+    log.info("stopping the agent API")

@@ -439,6 +439,19 @@ class Store:
             cur = conn.cursor(row_factory=class_row(TargetRow))
             return await (await cur.execute(TARGET_ROWS_SQL, (stack_id, agent_name, agent_name, cluster_name, cluster_name))).fetchall()
 
+    async def targets_of_stack(self, stack_id: uuid.UUID) -> list[tuple[str, str]]:
+        """(agent name, cluster name) of every target of a stack."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute("SELECT agent_name, cluster_name FROM agent_targets WHERE stack_id = %s", (stack_id,))
+            ).fetchall()
+            return [(a, c) for a, c in rows]
+
+    async def ping(self) -> None:
+        """Raise unless the database answers."""
+        async with self.pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+
     # Agent protocol -------------------------------------------------------------
 
     async def desired_state(self, agent_name: str, cluster_name: str) -> list[DesiredStack]:

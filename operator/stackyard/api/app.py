@@ -1,0 +1,302 @@
+"""The aiohttp application of the agent API (DESIGN §4).
+
+Every error is JSON `{code, message}`; no input reaches SQL except as a
+parameter; a database outage answers 503; nothing answers 500 for any input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import psycopg
+import psycopg_pool
+from aiohttp import web
+
+from .. import __version__, pak
+from ..metrics import Metrics
+from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
+from . import schemas
+from .waiters import StateWaiters
+
+log = logging.getLogger(__name__)
+
+STORE_KEY = web.AppKey("store", Store)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+WAITERS_KEY = web.AppKey("waiters", StateWaiters)
+SETTINGS_KEY = web.AppKey("settings", object)
+AGENT_KEY = "stackyard.agent"
+UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    max_body_bytes: int = 1024 * 1024
+    max_wait_seconds: int = 60
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"code": code, "message": message}, status=status, headers=headers)
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Turn every failure into a JSON error and count every request by route and code."""
+    metrics = request.app[METRICS_KEY]
+    started = time.monotonic()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS_KEY].max_body_bytes
+        response = error_response(413, "body_too_large", f"the request body exceeds {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        response = error_response(exc.status, code, exc.reason)
+    except UNAVAILABLE as exc:
+        log.warning("database unavailable while serving %s: %s", request.path, exc)
+        response = error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "2"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        response = error_response(500, "internal", "internal error; see the API server's log")
+    route = _route_name(request)
+    metrics.api_requests_total.labels(route, request.method, str(response.status)).inc()
+    metrics.api_request_duration_seconds.labels(route).observe(time.monotonic() - started)
+    return response
+
+
+async def authenticate(request: web.Request) -> Agent:
+    """The agent behind `Authorization: Bearer <PAK>`, or 401."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthenticated", "send the agent's key as `Authorization: Bearer <PAK>`",
+                       {"WWW-Authenticate": "Bearer"})
+    key = pak.parse(token)
+    if key is None:
+        raise ApiError(401, "unauthenticated", "the key is not a stackyard agent key", {"WWW-Authenticate": "Bearer"})
+    agent = await request.app[STORE_KEY].agent_by_pak_hash(key.secret_hash)
+    if agent is None or not pak.verify(token, agent.pak_hash):
+        raise ApiError(401, "unauthenticated", "unknown or rotated key", {"WWW-Authenticate": "Bearer"})
+    return agent
+
+
+async def read_json(request: web.Request, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """Parse and validate a JSON body; 400 with the first problem."""
+    raw = await request.read()
+    if not raw:
+        if required:
+            raise ApiError(400, "invalid_body", "a JSON body is required")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    error = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(body))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "body"
+        raise ApiError(400, "invalid_body", f"{where}: {error.message}"[:500])
+    return body
+
+
+def identity(agent: Agent, labels: list[str], annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": str(agent.id),
+        "name": agent.name,
+        "clusterName": agent.cluster_name,
+        "status": agent.status,
+        "lastHeartbeat": agent.last_heartbeat.isoformat() if agent.last_heartbeat else None,
+        "labels": labels,
+        "annotations": annotations,
+    }
+
+
+def state_document(agent: Agent, stacks: list[DesiredStack]) -> dict[str, Any]:
+    return {
+        "agentId": str(agent.id),
+        "stacks": [
+            {
+                "stackId": str(s.stack_id),
+                "stackName": s.stack_name,
+                "deleted": s.stack_deleted,
+                "deploymentObject": {
+                    "id": str(s.deployment_object_id),
+                    "sequenceId": s.sequence_id,
+                    "checksum": s.yaml_checksum,
+                    "isDeletionMarker": s.is_deletion_marker,
+                    "yaml": s.yaml_content,
+                },
+            }
+            for s in stacks
+        ],
+    }
+
+
+def state_etag(stacks: list[DesiredStack]) -> str:
+    """A strong ETag over which deployment object each stack is at."""
+    digest = hashlib.sha256()
+    for s in stacks:
+        digest.update(f"{s.stack_id}:{s.deployment_object_id};".encode())
+    return f'"{digest.hexdigest()[:32]}"'
+
+
+def own_agent_id(request: web.Request, agent: Agent) -> None:
+    """403 unless the path's agent id is the caller's own."""
+    try:
+        asked = uuid.UUID(request.match_info["agent_id"])
+    except ValueError:
+        raise ApiError(400, "invalid_agent_id", "the agent id must be a UUID") from None
+    if asked != agent.id:
+        raise ApiError(403, "forbidden", "an agent may only read its own data")
+
+
+def parse_wait(request: web.Request, maximum: int) -> int:
+    raw = request.query.get("wait", "0")
+    if not raw.isdigit() or int(raw) > maximum:
+        raise ApiError(400, "invalid_wait", f"wait must be a whole number of seconds from 0 to {maximum}")
+    return int(raw)
+
+
+# Handlers ----------------------------------------------------------------------------------
+
+
+async def _identity_response(request: web.Request, agent: Agent) -> web.Response:
+    labels, annotations = await request.app[STORE_KEY].agent_metadata(agent.id)
+    return web.json_response(identity(agent, labels, annotations))
+
+
+async def get_self(request: web.Request) -> web.Response:
+    return await _identity_response(request, await authenticate(request))
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    agent = await authenticate(request)
+    own_agent_id(request, agent)
+    return await _identity_response(request, agent)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    agent = await authenticate(request)
+    body = await read_json(request, schemas.HEARTBEAT_REQUEST, required=False)
+    try:
+        at = await request.app[STORE_KEY].heartbeat(agent.id, body.get("status", "ACTIVE"))
+    except NotFound:
+        raise ApiError(401, "unauthenticated", "the agent was deleted") from None
+    return web.json_response({"lastHeartbeat": at.isoformat()})
+
+
+async def target_state(request: web.Request) -> web.Response:
+    agent = await authenticate(request)
+    settings: ApiSettings = request.app[SETTINGS_KEY]
+    wait = parse_wait(request, settings.max_wait_seconds)
+    known = request.headers.get("If-None-Match")
+    store = request.app[STORE_KEY]
+    with request.app[WAITERS_KEY].subscribe((agent.name, agent.cluster_name)) as changed:
+        stacks = await store.desired_state(agent.name, agent.cluster_name)
+        etag = state_etag(stacks)
+        deadline = time.monotonic() + wait
+        while known == etag and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                break
+            changed.clear()
+            stacks = await store.desired_state(agent.name, agent.cluster_name)
+            etag = state_etag(stacks)
+    if known == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.json_response(state_document(agent, stacks), headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+async def other_target_state(request: web.Request) -> web.Response:
+    agent = await authenticate(request)
+    own_agent_id(request, agent)
+    stacks = await request.app[STORE_KEY].desired_state(agent.name, agent.cluster_name)
+    return web.json_response(state_document(agent, stacks), headers={"ETag": state_etag(stacks)})
+
+
+async def post_events(request: web.Request) -> web.Response:
+    agent = await authenticate(request)
+    body = await read_json(request, schemas.EVENTS_REQUEST)
+    events = [
+        EventIn(uuid.UUID(e["deploymentObjectId"]), e["eventType"], e["status"], e.get("message", ""))
+        for e in body["events"]
+    ]
+    try:
+        ids = await request.app[STORE_KEY].record_events(agent, events)
+    except NotTargeted as exc:
+        raise ApiError(404, "not_targeted", f"no deployment object targeted to this agent: {exc.ids[0]}") from None
+    return web.json_response({"accepted": len(ids), "ids": [str(i) for i in ids]})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(schemas.openapi_document(__version__))
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    await request.app[STORE_KEY].ping()
+    return web.json_response({"status": "ready"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    request.app[METRICS_KEY].observe_pool(store.pool.get_stats())
+    return web.Response(body=request.app[METRICS_KEY].exposition(), content_type="text/plain", charset="utf-8")
+
+
+def create_app(
+    store: Store, metrics: Metrics, waiters: StateWaiters, settings: ApiSettings | None = None, serve_metrics: bool = True
+) -> web.Application:
+    """The API app. `waiters.run()` must be running for long-polls to wake early."""
+    settings = settings or ApiSettings()
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=settings.max_body_bytes)
+    app[STORE_KEY] = store
+    app[METRICS_KEY] = metrics
+    app[WAITERS_KEY] = waiters
+    app[SETTINGS_KEY] = settings
+    routes = [
+        web.get("/api/v1/agents/self", get_self),
+        web.post("/api/v1/agents/self/heartbeat", heartbeat),
+        web.get("/api/v1/agents/self/target-state", target_state),
+        web.post("/api/v1/agents/self/events", post_events),
+        web.get("/api/v1/agents/{agent_id}", get_agent),
+        web.get("/api/v1/agents/{agent_id}/target-state", other_target_state),
+        web.get("/api/v1/openapi.json", openapi),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+    ]
+    if serve_metrics:
+        routes.append(web.get("/metrics", metrics_endpoint))
+    app.add_routes(routes)
+    return app

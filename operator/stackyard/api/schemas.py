@@ -1,0 +1,176 @@
+"""JSON schemas of request and response bodies, and the OpenAPI document built from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_EVENTS_PER_BATCH = 100
+MAX_MESSAGE_LENGTH = 4096
+
+ERROR = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+}
+
+HEARTBEAT_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"status": {"type": "string", "enum": ["ACTIVE", "DEGRADED"]}},
+}
+
+EVENT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["deploymentObjectId", "eventType", "status"],
+    "properties": {
+        "deploymentObjectId": {"type": "string", "format": "uuid",
+                               "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
+        "eventType": {"type": "string", "minLength": 1, "maxLength": 50, "pattern": "^[A-Z][A-Z_]*$"},
+        "status": {"type": "string", "enum": ["SUCCESS", "FAILURE"]},
+        "message": {"type": "string", "maxLength": MAX_MESSAGE_LENGTH},
+    },
+}
+
+EVENTS_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["events"],
+    "properties": {"events": {"type": "array", "minItems": 1, "maxItems": MAX_EVENTS_PER_BATCH, "items": EVENT}},
+}
+
+AGENT_IDENTITY = {
+    "type": "object",
+    "required": ["id", "name", "clusterName", "labels", "annotations"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "clusterName": {"type": "string"},
+        "status": {"type": "string"},
+        "lastHeartbeat": {"type": ["string", "null"]},
+        "labels": {"type": "array", "items": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+HEARTBEAT_RESPONSE = {
+    "type": "object",
+    "required": ["lastHeartbeat"],
+    "properties": {"lastHeartbeat": {"type": "string"}},
+}
+
+TARGET_STATE = {
+    "type": "object",
+    "required": ["agentId", "stacks"],
+    "properties": {
+        "agentId": {"type": "string"},
+        "stacks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["stackId", "stackName", "deleted", "deploymentObject"],
+                "properties": {
+                    "stackId": {"type": "string"},
+                    "stackName": {"type": "string"},
+                    "deleted": {"type": "boolean"},
+                    "deploymentObject": {
+                        "type": "object",
+                        "required": ["id", "sequenceId", "checksum", "isDeletionMarker", "yaml"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "sequenceId": {"type": "integer"},
+                            "checksum": {"type": "string"},
+                            "isDeletionMarker": {"type": "boolean"},
+                            "yaml": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+EVENTS_RESPONSE = {
+    "type": "object",
+    "required": ["accepted", "ids"],
+    "properties": {"accepted": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "string"}}},
+}
+
+HEALTH = {"type": "object", "properties": {"status": {"type": "string"}}}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Malformed request", 401: "Missing, malformed, unknown or rotated key", 403: "Not this agent's data",
+            404: "Not found", 413: "Body too large", 503: "Database unavailable"}
+    return {str(code): {"description": text[code], "content": _json({"$ref": "#/components/schemas/Error"})}
+            for code in codes}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """OpenAPI 3.0 document of every route the app serves (checked against the router in tests)."""
+    secured = [{"pak": []}]
+    agent_id_param = {"name": "agentId", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "stackyard agent API", "version": version},
+        "components": {
+            "securitySchemes": {"pak": {"type": "http", "scheme": "bearer", "bearerFormat": "sy_<id>_<secret>"}},
+            "schemas": {"Error": ERROR},
+        },
+        "paths": {
+            "/api/v1/agents/self": {"get": {
+                "summary": "This agent's identity", "security": secured,
+                "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)}, **_errors(401, 503)},
+            }},
+            "/api/v1/agents/{agentId}": {"get": {
+                "summary": "An agent's identity; only an agent's own id is allowed", "security": secured,
+                "parameters": [agent_id_param],
+                "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)},
+                              **_errors(401, 403, 503)},
+            }},
+            "/api/v1/agents/self/heartbeat": {"post": {
+                "summary": "Record a heartbeat", "security": secured,
+                "requestBody": {"required": False, "content": _json(HEARTBEAT_REQUEST)},
+                "responses": {"200": {"description": "Recorded", "content": _json(HEARTBEAT_RESPONSE)},
+                              **_errors(400, 401, 413, 503)},
+            }},
+            "/api/v1/agents/self/target-state": {"get": {
+                "summary": "The full desired state of this agent", "security": secured,
+                "parameters": [
+                    {"name": "wait", "in": "query", "required": False,
+                     "description": "long-poll up to this many seconds for a change (0-60)",
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 60}},
+                    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "Desired state", "headers": {"ETag": {"schema": {"type": "string"}}},
+                            "content": _json(TARGET_STATE)},
+                    "304": {"description": "Unchanged since If-None-Match"},
+                    **_errors(400, 401, 503),
+                },
+            }},
+            "/api/v1/agents/{agentId}/target-state": {"get": {
+                "summary": "An agent's desired state; only an agent's own id is allowed", "security": secured,
+                "parameters": [agent_id_param],
+                "responses": {"200": {"description": "Desired state", "content": _json(TARGET_STATE)},
+                              **_errors(401, 403, 503)},
+            }},
+            "/api/v1/agents/self/events": {"post": {
+                "summary": "Report a batch of apply events", "security": secured,
+                "requestBody": {"required": True, "content": _json(EVENTS_REQUEST)},
+                "responses": {"200": {"description": "Stored", "content": _json(EVENTS_RESPONSE)},
+                              **_errors(400, 401, 404, 413, 503)},
+            }},
+            "/api/v1/openapi.json": {"get": {
+                "summary": "This document", "responses": {"200": {"description": "OpenAPI document"}},
+            }},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive", "content": _json(HEALTH)}}}},
+            "/readyz": {"get": {"summary": "Readiness: the database answers",
+                                "responses": {"200": {"description": "Ready", "content": _json(HEALTH)}, **_errors(503)}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Metrics"}}}},
+        },
+    }

@@ -1,0 +1,68 @@
+"""The agent API on a real port in the test's loop, over the test's database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from stackyard import pak
+from stackyard.api import create_app
+from stackyard.api.waiters import StateWaiters
+from stackyard.metrics import Metrics
+from stackyard.store import Store
+from stackyard.store.embedded import free_port
+
+
+@dataclass
+class RunningApi:
+    url: str
+    store: Store
+    metrics: Metrics
+    waiters: StateWaiters
+
+
+@contextlib.asynccontextmanager
+async def running_api(db_url: str) -> AsyncIterator[RunningApi]:
+    store = await Store.open(db_url, max_size=10, timeout=5)
+    metrics = Metrics()
+    waiters = StateWaiters(store, db_url)
+    listener = asyncio.create_task(waiters.run())
+    runner = web.AppRunner(create_app(store, metrics, waiters))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not waiters.listening and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        yield RunningApi(f"http://127.0.0.1:{port}", store, metrics, waiters)
+    finally:
+        await runner.cleanup()
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await store.close()
+
+
+async def make_agent(store: Store, name: str, cluster: str = "eu-1") -> tuple[uuid.UUID, str]:
+    """An agent row with a fresh key; returns (id, token)."""
+    agent_id = uuid.uuid4()
+    await store.register_agent(agent_id, name, cluster, ["role=edge"], {"team": "infra"})
+    key = pak.generate()
+    await store.set_agent_pak_hash(agent_id, key.secret_hash)
+    return agent_id, key.token
+
+
+async def make_stack(store: Store, name: str, content: str = "kind: ConfigMap\n", targets=()) -> tuple[uuid.UUID, uuid.UUID]:
+    """A stack with one deployment object targeted to (agent, cluster) pairs; returns (stack id, do id)."""
+    stack_id = uuid.uuid4()
+    await store.upsert_stack(stack_id, name, None)
+    do = (await store.emit_deployment_object(stack_id, content)).deployment_object
+    for agent, cluster in targets:
+        await store.set_agent_target(uuid.uuid4(), stack_id, agent, cluster)
+    return stack_id, do.id
