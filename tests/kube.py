@@ -15,6 +15,7 @@ import asyncio
 import collections
 import copy
 import datetime
+import re
 import secrets
 import threading
 import uuid
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp.web
+import attrs
 import jsonpatch
 import jsonpointer
 import kmock
@@ -31,6 +33,7 @@ from kmock._internal import enums
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
 
 
 def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
@@ -71,6 +74,9 @@ class Emulator(kmock.KubernetesEmulator):
             return False
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        match = NAMESPACE_PATH.match(request.url.path)
+        if match is not None:
+            return await self._namespaces(request, match.group(1))
         if request.resource is not None and request.action == enums.action.CREATE:
             return await self._create(request, request.data)
         if request.resource is not None and request.action == enums.action.UPDATE and request.name:
@@ -78,6 +84,29 @@ class Emulator(kmock.KubernetesEmulator):
         if request.resource is not None and request.action == enums.action.DELETE and request.name:
             return await self._delete(request)
         return await super()._handle(request)
+
+    async def _namespaces(self, request: kmock.Request, name: str | None) -> aiohttp.web.StreamResponse:
+        """Namespaces as objects: stock kmock cannot route /api/v1/namespaces[/name] (DESIGN §9)."""
+        resource = kmock.resource("", "v1", "namespaces")
+        evolved = attrs.evolve(request, resource=resource, namespace=None, name=name)
+        method = request.method.value.upper() if hasattr(request.method, "value") else str(request.method).upper()
+        if method == "POST":
+            return await self._create(evolved, request.data)
+        if method in ("PATCH", "PUT") and name:
+            return await self._update(evolved)
+        if method == "DELETE" and name:
+            return await self._delete(evolved)
+        if method == "GET" and name:
+            async with self._lock:
+                key = (resource, None, name)
+                if key not in self._objects or self._objects[key].deleted:
+                    return _status(404, "NotFound", f'namespaces "{name}" not found')
+                return aiohttp.web.json_response(copy.deepcopy(self._objects[key].raw))
+        if method == "GET":
+            async with self._lock:
+                items = [copy.deepcopy(o.raw) for (r, _, _), o in self._objects.items() if r == resource and not o.deleted]
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": items})
+        return _status(405, "MethodNotAllowed", f"{method} is not supported on namespaces here")
 
     def _log(self, resource: Any) -> collections.deque:
         logs = self.__dict__.setdefault("_event_logs", {})

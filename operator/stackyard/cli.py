@@ -152,6 +152,43 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=cmd_run)
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from .agent.loop import AgentSettings
+    from .agent.main import run_agent
+    from .durations import duration_seconds
+
+    if not args.broker_url or not args.pak_file:
+        raise ValueError("--broker-url and --pak-file are required (or STACKYARD_BROKER_URL and STACKYARD_PAK_FILE)")
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    settings = AgentSettings(
+        namespace=args.namespace,
+        heartbeat_interval=duration_seconds(args.heartbeat_interval),
+        resync_interval=duration_seconds(args.resync_interval),
+        retry_max=duration_seconds(args.retry_max),
+    )
+    asyncio.run(run_agent(args.broker_url, Path(args.pak_file), settings, args.metrics_address, args.health_address))
+    return 0
+
+
+def add_agent(commands: argparse._SubParsersAction) -> None:
+    agent = commands.add_parser("agent", help="the agent in a target cluster")
+    add_common(agent)
+    add_option(agent, "--broker-url", "base URL of the stackyard agent API", None)
+    add_option(agent, "--pak-file", "file holding this agent's API key (the pak key of Secret <agent>-pak)", None)
+    add_option(agent, "--kubeconfig", "kubeconfig of the target cluster; unset uses the in-cluster service account", None)
+    add_option(agent, "--namespace", "namespace of the agent's inventory ConfigMaps", "stackyard-system")
+    add_option(agent, "--heartbeat-interval", "time between heartbeats", "10s")
+    add_option(agent, "--resync-interval", "re-apply everything this often to repair drift", "5m")
+    add_option(agent, "--retry-max", "cap of the exponential retry backoff", "60s")
+    add_option(agent, "--metrics-address", "listen address of /metrics", "0.0.0.0:9091")
+    add_option(agent, "--health-address", "listen address of /healthz", "0.0.0.0:8082")
+    agent.set_defaults(handler=cmd_agent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stackyard", description=__doc__)
     parser.add_argument("--version", action="version", version=f"stackyard {__version__}")
@@ -167,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
     add_run(commands)
     add_api(commands)
+    add_agent(commands)
     return parser
 
 

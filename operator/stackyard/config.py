@@ -28,6 +28,7 @@ class OperatorConfig:
     retention_age: timedelta = timedelta(days=7)
     retention_interval: float = 3600.0
     pool_max_size: int = 10
+    pool_timeout: float = 5.0
     # Tests point the operator at an emulated API server; production uses kubeconfig or the service account.
     kube_connection: kopf.ConnectionInfo | None = None
 

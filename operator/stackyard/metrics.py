@@ -68,3 +68,30 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class AgentMetrics:
+    """Metrics of `stackyard agent` (its own registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.applies_total = Counter(
+            "stackyard_agent_applies", "Deployment object apply attempts by result.", ["result"], registry=r
+        )
+        self.objects_applied_total = Counter(
+            "stackyard_agent_objects_applied", "Objects applied with server-side apply.", registry=r
+        )
+        self.objects_pruned_total = Counter("stackyard_agent_objects_pruned", "Objects deleted by pruning.", registry=r)
+        self.broker_errors_total = Counter(
+            "stackyard_agent_broker_errors", "Failed calls to the agent API by operation.", ["operation"], registry=r
+        )
+        self.sync_duration_seconds = Histogram(
+            "stackyard_agent_sync_duration_seconds", "Duration of one sync cycle.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.last_sync_timestamp_seconds = Gauge(
+            "stackyard_agent_last_sync_timestamp_seconds", "Unix time of the last completed sync cycle.", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -15,7 +15,7 @@ from .api import create_app
 from .api.waiters import StateWaiters
 from .config import OperatorConfig
 from .controller.operator import run_operator
-from .metrics import Metrics
+from .metrics import AgentMetrics, Metrics
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def metrics_app(metrics: Metrics) -> web.Application:
+def metrics_app(metrics: Metrics | AgentMetrics) -> web.Application:
     """/metrics in Prometheus text format, and /healthz."""
 
     async def serve_metrics(_: web.Request) -> web.Response:

@@ -6,12 +6,13 @@ closed over one `Context`, so no state is global and tests can run several.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import kopf
@@ -33,9 +34,12 @@ from .reconcile import (
     reconcile_agent,
     reconcile_agent_target,
     reconcile_stack,
+    retarget,
     stack_target_status,
 )
 from .render import InvalidSpec
+from .mirror import Mirror, register_indexes
+from .status import heartbeat_is_old, visible
 from .storage import DigestDiffBaseStorage
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout, KubeError)
@@ -51,6 +55,7 @@ class Context:
     store: Store | None = None
     kube: KubeClient | None = None
     retired_clients: list[KubeClient] = field(default_factory=list)
+    mirror_task: asyncio.Task | None = None
 
     def require_store(self) -> Store:
         if self.store is None:
@@ -138,17 +143,17 @@ async def run_delete(ctx: Context, kind: str, logger: logging.Logger, retry: int
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
 
 
-def _visible(status: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """The parts of a status that people look at, without timestamps that move on their own."""
+def tolerant(timer: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A resync timer that skips a cycle on transient errors instead of backing off for a minute."""
 
-    def strip(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: strip(v) for k, v in value.items() if k not in ("lastTransitionTime", "lastHeartbeat")}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
+    @functools.wraps(timer)
+    async def wrapper(*args: Any, logger: logging.Logger, **kwargs: Any) -> None:
+        try:
+            await timer(*args, logger=logger, **kwargs)
+        except TRANSIENT_ERRORS as exc:
+            logger.debug("resync skipped: %s", exc)
 
-    return {key: strip(status.get(key)) for key in keys}
+    return wrapper
 
 
 def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorRegistry:
@@ -156,14 +161,30 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     registry = kopf.OperatorRegistry()
     ctx = Context(config=config, metrics=metrics)
 
+    register_indexes(registry)
+
     @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **kwargs: Any) -> None:
         configure_settings(settings)
-        ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size)
-        logger.info("store opened")
+        ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size, timeout=config.pool_timeout)
+        mirror = Mirror(
+            store=ctx.store,
+            database_url=config.database_url,
+            kube=ctx.require_kube,
+            metrics=metrics,
+            config=config,
+            stacks_by_uid=kwargs["stacks_by_uid"],
+            targets_by_stack=kwargs["targets_by_stack"],
+            targets_by_agent=kwargs["targets_by_agent"],
+            agents_by_uid=kwargs["agents_by_uid"],
+        )
+        ctx.mirror_task = asyncio.create_task(mirror.run(), name="status-mirror")
+        logger.info("store opened; status mirror started")
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        if ctx.mirror_task is not None:
+            ctx.mirror_task.cancel()
         for client in [ctx.kube, *ctx.retired_clients]:
             if client is not None:
                 await client.close()
@@ -194,11 +215,17 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.on.resume(GROUP, VERSION, "stacks", registry=registry)
     @kopf.on.create(GROUP, VERSION, "stacks", registry=registry)
     @kopf.on.update(GROUP, VERSION, "stacks", registry=registry)
-    async def stack_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any) -> None:
+    async def stack_changed(
+        body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, targets_by_stack: Any, **_: Any
+    ) -> None:
         async def work() -> Result:
-            result, created = await reconcile_stack(ctx.require_store(), body, now_rfc3339())
+            store = ctx.require_store()
+            result, created = await reconcile_stack(store, body, now_rfc3339())
             if created:
                 metrics.deployment_objects_emitted_total.inc()
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            targets = [t["body"] for t in targets_by_stack.get(key, [])]
+            await retarget(store, uuid.UUID(body["metadata"]["uid"]), targets)
             return result
 
         await run_reconcile(ctx, "Stack", body, patch, logger, retry, work)
@@ -208,6 +235,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         await run_delete(ctx, "Stack", logger, retry, lambda: delete_stack(ctx.require_store(), body))
 
     @kopf.timer(GROUP, VERSION, "stacks", interval=config.resync_interval, idle=config.resync_interval, registry=registry)
+    @tolerant
     async def stack_resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         recorded = (body.get("status") or {}).get("stackId")
         if not recorded:
@@ -216,7 +244,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         store = ctx.require_store()
         latest = await store.latest_deployment_object(stack_id)
         status = await stack_target_status(store, stack_id, latest, body.get("status") or {}, now_rfc3339())
-        if _visible(status, ("targets", "agents")) != _visible(body.get("status") or {}, ("targets", "agents")):
+        if visible(status, ("targets", "agents")) != visible(body.get("status") or {}, ("targets", "agents")):
             for key, value in status.items():
                 patch.status[key] = value
             metrics.status_patches_total.labels("Stack").inc()
@@ -240,6 +268,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.timer(
         GROUP, VERSION, "agenttargets", interval=config.resync_interval, idle=config.resync_interval, registry=registry
     )
+    @tolerant
     async def agent_target_resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
         if not (body.get("status") or {}).get("targetId"):
             return  # not reconciled successfully yet; the handler's own retries cover it
@@ -248,7 +277,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         except (InvalidSpec, Waiting):
             return  # a spec-level change is the update handler's business
         keys = ("agent", "deployment")
-        if _visible(result.status, keys) != _visible(body.get("status") or {}, keys):
+        if visible(result.status, keys) != visible(body.get("status") or {}, keys):
             for key in keys:
                 if key in result.status:
                     patch.status[key] = result.status[key]
@@ -275,6 +304,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         await run_delete(ctx, "Agent", logger, retry, lambda: delete_agent(ctx.require_store(), body))
 
     @kopf.timer(GROUP, VERSION, "agents", interval=config.heartbeat_interval, registry=registry)
+    @tolerant
     async def agent_phase_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         previous = body.get("status") or {}
         agent_id = previous.get("agentId")
@@ -284,23 +314,9 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         if agent is None:
             return
         status = agent_heartbeat_status(agent.last_heartbeat, config)
-        if status["phase"] != previous.get("phase") or _heartbeat_is_old(previous, status, config.status_throttle):
+        if status["phase"] != previous.get("phase") or heartbeat_is_old(previous, status, config.status_throttle):
             for key, value in status.items():
                 patch.status[key] = value
             metrics.status_patches_total.labels("Agent").inc()
 
     return registry
-
-
-def _heartbeat_is_old(previous: Mapping[str, Any], status: Mapping[str, Any], throttle: float) -> bool:
-    """True when the recorded lastHeartbeat lags the real one by more than `throttle` seconds."""
-    new, old = status.get("lastHeartbeat"), previous.get("lastHeartbeat")
-    if new is None or new == old:
-        return False
-    if old is None:
-        return True
-    return (_parse_time(new) - _parse_time(old)).total_seconds() >= throttle
-
-
-def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -100,6 +100,25 @@ async def stack_target_status(
     return {"targets": counts, "agents": entries}
 
 
+async def retarget(store: Store, stack_id: uuid.UUID, targets: list[Mapping[str, Any]]) -> int:
+    """Point the AgentTargets naming this Stack at its current row (a re-created Stack gets a new uid).
+
+    Runs when the Stack is reconciled, so targeting follows at once instead of
+    waiting for each AgentTarget's own resync. Bad targets are left to their handler.
+    """
+    done = 0
+    for target in targets:
+        spec = target.get("spec") or {}
+        try:
+            agent_name = required_name(spec.get("agentName"), "spec.agentName")
+            cluster_name = required_name(spec.get("clusterName"), "spec.clusterName")
+            await store.set_agent_target(_uid(target), stack_id, agent_name, cluster_name)
+            done += 1
+        except (InvalidSpec, Conflict):
+            continue
+    return done
+
+
 async def delete_stack(store: Store, body: Mapping[str, Any]) -> None:
     """Soft-delete: the database emits the deletion marker that the targets carry to the agents."""
     await store.soft_delete_stack(_uid(body))

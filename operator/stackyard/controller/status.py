@@ -119,3 +119,31 @@ def agent_target_agent_status(agent: Agent | None) -> dict[str, Any]:
     if agent.last_heartbeat is not None:
         status["lastHeartbeat"] = rfc3339(agent.last_heartbeat)
     return status
+
+
+def visible(status: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The parts of a status that people look at, without timestamps that move on their own."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: strip(v) for k, v in value.items() if k not in ("lastTransitionTime", "lastHeartbeat")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    status = status or {}
+    return {key: strip(status.get(key)) for key in keys}
+
+
+def heartbeat_is_old(previous: Mapping[str, Any], status: Mapping[str, Any], throttle: float) -> bool:
+    """True when the recorded lastHeartbeat lags the real one by at least `throttle` seconds."""
+    new, old = status.get("lastHeartbeat"), previous.get("lastHeartbeat")
+    if new is None or new == old:
+        return False
+    if old is None:
+        return True
+
+    def parse(value: str) -> datetime:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    return (parse(new) - parse(old)).total_seconds() >= throttle

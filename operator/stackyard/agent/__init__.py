@@ -1,0 +1,1 @@
+"""The stackyard agent: runs in a target cluster, pulls its desired state, applies it and reports back."""

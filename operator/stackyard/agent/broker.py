@@ -1,0 +1,83 @@
+"""The agent's client of the agent API (the broker)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+
+class BrokerError(Exception):
+    """A call to the broker failed; `status` is the HTTP status, 0 when unreachable."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status or 'unreachable'}: {message}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StateAnswer:
+    changed: bool
+    etag: str | None
+    document: dict[str, Any] | None
+
+
+class BrokerClient:
+    """Calls the API with the key that `read_key` returns (re-read on every call, so a rotated Secret is picked up)."""
+
+    def __init__(self, base_url: str, read_key: Callable[[], str], timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.read_key = read_key
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": "stackyard-agent"})
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float | None = None
+    ) -> tuple[int, dict[str, str], Any]:
+        all_headers = {"Authorization": f"Bearer {self.read_key()}", **(headers or {})}
+        try:
+            async with self._session_now().request(
+                method, self.base_url + path, json=body, headers=all_headers,
+                timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+            ) as response:
+                text = await response.text()
+                payload = json.loads(text) if text and response.content_type == "application/json" else None
+                if response.status >= 400 and response.status != 304:
+                    message = payload.get("message") if isinstance(payload, dict) else text[:200]
+                    raise BrokerError(response.status, str(message))
+                return response.status, dict(response.headers), payload
+        except aiohttp.ClientError as exc:
+            raise BrokerError(0, str(exc) or type(exc).__name__) from None
+        except TimeoutError:
+            raise BrokerError(0, f"{method} {path} timed out") from None
+
+    async def identity(self) -> dict[str, Any]:
+        return (await self._call("GET", "/api/v1/agents/self"))[2]
+
+    async def heartbeat(self) -> None:
+        await self._call("POST", "/api/v1/agents/self/heartbeat", {"status": "ACTIVE"})
+
+    async def target_state(self, etag: str | None, wait: int) -> StateAnswer:
+        headers = {"If-None-Match": etag} if etag else {}
+        status, response_headers, payload = await self._call(
+            "GET", f"/api/v1/agents/self/target-state?wait={wait}", headers=headers, timeout=wait + self.timeout
+        )
+        if status == 304:
+            return StateAnswer(False, etag, None)
+        return StateAnswer(True, response_headers.get("ETag"), payload)
+
+    async def post_events(self, events: list[dict[str, Any]]) -> None:
+        for start in range(0, len(events), 100):
+            await self._call("POST", "/api/v1/agents/self/events", {"events": events[start:start + 100]})

@@ -1,0 +1,352 @@
+"""The agent loop: heartbeat, long-poll the desired state, delete then apply, report events.
+
+Rules (DESIGN §5): server-side apply with field manager `stackyard-agent`,
+Namespaces and CRDs first; every object labelled with its stack and annotated
+with its deployment object; a per-stack inventory ConfigMap in the agent's
+namespace; pruning only what an inventory lists, never an object that a live
+stack's current version claims; failures retried with capped exponential
+backoff, one event per deployment object per attempt; periodic re-apply
+against drift. No broker error, cluster error or bad YAML ends the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..kube import ApiResource, KubeClient, KubeError
+from ..metrics import AgentMetrics
+from .broker import BrokerClient, BrokerError
+from .manifests import (
+    INVENTORY_LABEL,
+    BadManifest,
+    Inventory,
+    ObjectRef,
+    decorate,
+    inventory_name,
+    parse_objects,
+    ref_of,
+    refs,
+)
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "stackyard-agent"
+CONFIGMAPS = ApiResource("v1", "ConfigMap", "configmaps", True)
+CRDS = ApiResource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False)
+
+
+@dataclass
+class AgentSettings:
+    namespace: str = "stackyard-system"
+    default_namespace: str = "default"
+    heartbeat_interval: float = 10.0
+    poll_wait: int = 30
+    resync_interval: float = 300.0
+    retry_base: float = 1.0
+    retry_max: float = 60.0
+    crd_timeout: float = 60.0
+    deletion_grace: float = 10.0
+
+
+@dataclass
+class Backoff:
+    attempts: int = 0
+    next_at: float = 0.0
+
+
+@dataclass
+class DesiredStack:
+    stack_id: str
+    stack_name: str
+    deployment_object_id: str
+    sequence_id: int
+    checksum: str
+    is_deletion_marker: bool
+    yaml: str
+
+    @classmethod
+    def from_document(cls, entry: dict[str, Any]) -> "DesiredStack":
+        do = entry["deploymentObject"]
+        return cls(entry["stackId"], entry["stackName"], do["id"], do["sequenceId"], do["checksum"],
+                   do["isDeletionMarker"], do["yaml"])
+
+
+@dataclass
+class StackAgent:
+    """One agent's state; `run()` is the whole loop."""
+
+    broker: BrokerClient
+    kube: KubeClient
+    settings: AgentSettings
+    metrics: AgentMetrics
+    etag: str | None = None
+    desired: list[DesiredStack] = field(default_factory=list)
+    backoffs: dict[str, Backoff] = field(default_factory=dict)
+    reported_markers: set[str] = field(default_factory=set)
+    dead_since: dict[str, float] = field(default_factory=dict)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    last_full_apply: float = field(default_factory=time.monotonic)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # The loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Heartbeat and sync until cancelled."""
+        beats = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
+        try:
+            await self._sync_forever()
+        finally:
+            beats.cancel()
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            try:
+                await self.broker.heartbeat()
+            except BrokerError as exc:
+                self.metrics.broker_errors_total.labels("heartbeat").inc()
+                log.warning("heartbeat failed (%s); next in %.0fs", exc, self.settings.heartbeat_interval)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def _sync_forever(self) -> None:
+        broker_delay = self.settings.retry_base
+        while True:
+            try:
+                answer = await self.broker.target_state(self.etag, self._wait_seconds())
+                broker_delay = self.settings.retry_base
+                if answer.changed and answer.document is not None:
+                    self.etag = answer.etag
+                    self.desired = [DesiredStack.from_document(e) for e in answer.document.get("stacks", [])]
+                await self.sync_once()
+                self.ready.set()
+            except BrokerError as exc:
+                self.metrics.broker_errors_total.labels("target-state").inc()
+                log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, broker_delay)
+                await asyncio.sleep(broker_delay)
+                broker_delay = min(broker_delay * 2, self.settings.retry_max)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must survive anything; say what happened and go on
+                log.exception("unexpected error in the sync loop; retrying in %.1fs", broker_delay)
+                await asyncio.sleep(broker_delay)
+
+    def _wait_seconds(self) -> int:
+        """Long-poll no longer than the next retry or drift repair is due."""
+        now = time.monotonic()
+        due = [b.next_at for b in self.backoffs.values() if b.attempts] + [
+            self.last_full_apply + self.settings.resync_interval
+        ] + [since + self.settings.deletion_grace for since in self.dead_since.values()]
+        return max(0, min(self.settings.poll_wait, int(min(due) - now)))
+
+    # One cycle ------------------------------------------------------------------
+
+    async def sync_once(self) -> None:
+        """Deletions first, then applies; then report the events of this cycle."""
+        started = time.monotonic()
+        inventories = await self._inventories()
+        live = {s.stack_id: s for s in self.desired if not s.is_deletion_marker}
+        markers = {s.stack_id: s for s in self.desired if s.is_deletion_marker}
+        parsed: dict[str, list[dict[str, Any]] | BadManifest] = {}
+        for stack_id, stack in live.items():
+            try:
+                parsed[stack_id] = parse_objects(stack.yaml)
+            except BadManifest as exc:
+                parsed[stack_id] = exc
+        claimed: set[ObjectRef] = set()
+        for stack_id, objects in parsed.items():
+            if isinstance(objects, BadManifest):
+                claimed |= inventories[stack_id].objects if stack_id in inventories else set()
+            else:
+                claimed |= refs(objects)
+
+        await self._delete_dead_stacks(inventories, live, markers, claimed)
+        drift_due = time.monotonic() - self.last_full_apply >= self.settings.resync_interval
+        for stack_id in sorted(live, key=lambda i: live[i].stack_name):
+            await self._apply_stack(live[stack_id], parsed[stack_id], inventories.get(stack_id), claimed, drift_due)
+        if drift_due:
+            self.last_full_apply = time.monotonic()
+        await self._flush_events()
+        self.metrics.sync_duration_seconds.observe(time.monotonic() - started)
+        self.metrics.last_sync_timestamp_seconds.set(time.time())
+
+    async def _inventories(self) -> dict[str, Inventory]:
+        listing = await self.kube.get(CONFIGMAPS.path(self.settings.namespace))
+        found = {}
+        for item in listing.get("items", []):
+            if (item.get("metadata", {}).get("labels") or {}).get(INVENTORY_LABEL) != "true":
+                continue
+            inventory = Inventory.from_configmap(item)
+            if inventory is not None:
+                found[inventory.stack_id] = inventory
+        return found
+
+    async def _delete_dead_stacks(
+        self,
+        inventories: dict[str, Inventory],
+        live: dict[str, DesiredStack],
+        markers: dict[str, DesiredStack],
+        claimed: set[ObjectRef],
+    ) -> None:
+        """Remove what dead stacks (deleted, or no longer targeted) left, except objects a live stack claims.
+
+        A stack must stay dead for `deletion_grace` seconds first: a Stack deleted and
+        re-created under the same name is re-targeted within that time, and its
+        new version then claims the objects, so they never blink.
+        """
+        now = time.monotonic()
+        for stack_id in list(self.dead_since):
+            if stack_id in live:
+                del self.dead_since[stack_id]
+        for stack_id, inventory in inventories.items():
+            if stack_id in live:
+                continue
+            first_seen_dead = self.dead_since.setdefault(stack_id, now)
+            if now - first_seen_dead < self.settings.deletion_grace:
+                continue
+            marker = markers.get(stack_id)
+            try:
+                removed = await self._delete_objects(inventory.objects - claimed)
+                await self.kube.delete(CONFIGMAPS.path(self.settings.namespace, inventory_name(stack_id)))
+            except KubeError as exc:
+                if marker is not None:
+                    self._event(marker, "DELETE", "FAILURE", f"removing the stack's objects failed: {exc}")
+                log.warning("removing objects of stack %s failed, will retry: %s", inventory.stack_name or stack_id, exc)
+                continue
+            reason = "deleted" if marker is not None else "no longer targeted to this agent"
+            log.info("stack %s is %s: removed %d objects", inventory.stack_name or stack_id, reason, removed)
+            self.dead_since.pop(stack_id, None)
+            if marker is not None:
+                self._event(marker, "DELETE", "SUCCESS", f"removed {removed} objects")
+                self.reported_markers.add(marker.deployment_object_id)
+        for stack_id, marker in markers.items():
+            if stack_id not in inventories and marker.deployment_object_id not in self.reported_markers:
+                self._event(marker, "DELETE", "SUCCESS", "nothing to remove")
+                self.reported_markers.add(marker.deployment_object_id)
+
+    async def _apply_stack(
+        self,
+        stack: DesiredStack,
+        objects: list[dict[str, Any]] | BadManifest,
+        inventory: Inventory | None,
+        claimed: set[ObjectRef],
+        drift_due: bool,
+    ) -> None:
+        done = inventory is not None and inventory.deployment_object_id == stack.deployment_object_id and inventory.applied
+        backoff = self.backoffs.get(stack.deployment_object_id)
+        if done and not drift_due:
+            return
+        if backoff is not None and backoff.attempts and time.monotonic() < backoff.next_at:
+            return
+        try:
+            if isinstance(objects, BadManifest):
+                raise objects
+            new_refs = refs(objects)
+            old_refs = inventory.objects if inventory else frozenset()
+            await self._write_inventory(stack, old_refs | new_refs, applied=False)
+            pruned = await self._delete_objects(old_refs - new_refs - claimed)
+            for obj in objects:
+                await self._apply_object(stack, obj)
+                if obj["kind"] == "CustomResourceDefinition":
+                    await self._wait_established(obj)
+            await self._write_inventory(stack, new_refs, applied=True)
+        except (KubeError, BadManifest) as exc:
+            self._failed(stack, exc)
+            return
+        self.backoffs.pop(stack.deployment_object_id, None)
+        self.metrics.applies_total.labels("success").inc()
+        message = f"applied {len(objects)} objects" + (f", pruned {pruned}" if pruned else "")
+        log.info("stack %s sequence %d: %s", stack.stack_name, stack.sequence_id, message)
+        self._event(stack, "APPLY", "SUCCESS", message)
+
+    def _failed(self, stack: DesiredStack, exc: Exception) -> None:
+        backoff = self.backoffs.setdefault(stack.deployment_object_id, Backoff())
+        delay = min(self.settings.retry_base * 2 ** backoff.attempts, self.settings.retry_max)
+        backoff.attempts += 1
+        backoff.next_at = time.monotonic() + delay
+        self.metrics.applies_total.labels("failure").inc()
+        log.warning("stack %s sequence %d failed (attempt %d, retry in %.0fs): %s",
+                    stack.stack_name, stack.sequence_id, backoff.attempts, delay, exc)
+        self._event(stack, "APPLY", "FAILURE", f"attempt {backoff.attempts}: {exc}")
+
+    # Kubernetes ---------------------------------------------------------------------
+
+    async def _resource(self, ref: ObjectRef) -> tuple[ApiResource, str | None]:
+        resource = await self.kube.resource_for(ref.api_version, ref.kind)
+        namespace = (ref.namespace or self.settings.default_namespace) if resource.namespaced else None
+        return resource, namespace
+
+    async def _apply_object(self, stack: DesiredStack, obj: dict[str, Any]) -> None:
+        ref = ref_of(obj)
+        try:
+            resource, namespace = await self._resource(ref)
+            body = decorate(obj, stack.stack_id, stack.deployment_object_id, stack.checksum)
+            if namespace:
+                body["metadata"]["namespace"] = namespace
+            await self.kube.apply(resource.path(namespace, ref.name), body, FIELD_MANAGER)
+        except KubeError as exc:
+            raise KubeError(exc.status, exc.reason, f"{ref}: {exc.message}") from None
+        self.metrics.objects_applied_total.inc()
+
+    async def _delete_objects(self, doomed: frozenset[ObjectRef] | set[ObjectRef]) -> int:
+        """Delete objects (reverse of apply order); returns how many existed."""
+        removed = 0
+        order = sorted(doomed, key=lambda r: {"Namespace": 2, "CustomResourceDefinition": 1}.get(r.kind, 0))
+        for ref in order:
+            try:
+                resource, namespace = await self._resource(ref)
+            except KubeError as exc:
+                if exc.status == 404:
+                    continue  # the kind is gone, so are its objects
+                raise
+            if await self.kube.delete(resource.path(namespace, ref.name)):
+                removed += 1
+                self.metrics.objects_pruned_total.inc()
+        return removed
+
+    async def _write_inventory(self, stack: DesiredStack, objects: frozenset[ObjectRef], applied: bool) -> None:
+        inventory = Inventory(stack.stack_id, stack.stack_name, stack.deployment_object_id, stack.checksum,
+                              applied, frozenset(objects))
+        path = CONFIGMAPS.path(self.settings.namespace, inventory_name(stack.stack_id))
+        await self.kube.apply(path, inventory.configmap(self.settings.namespace), FIELD_MANAGER)
+
+    async def _wait_established(self, crd: dict[str, Any]) -> None:
+        """Wait until a CRD just applied is Established and its kind is served."""
+        deadline = time.monotonic() + self.settings.crd_timeout
+        group, kind = crd.get("spec", {}).get("group"), crd.get("spec", {}).get("names", {}).get("kind")
+        versions = [v.get("name") for v in crd.get("spec", {}).get("versions", []) if v.get("served", True)]
+        while time.monotonic() < deadline:
+            self.kube.forget_discovery()
+            try:
+                await self.kube.resource_for(f"{group}/{versions[0]}", kind)
+                live = await self.kube.get_or_none(CRDS.path(None, crd["metadata"]["name"]))
+                conditions = ((live or {}).get("status") or {}).get("conditions") or []
+                if not conditions or any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+                    return
+            except (KubeError, IndexError):
+                pass
+            await asyncio.sleep(0.5)
+        raise KubeError(0, "Timeout", f"CRD {crd['metadata']['name']} was not established in {self.settings.crd_timeout:.0f}s")
+
+    # Events ---------------------------------------------------------------------------
+
+    def _event(self, stack: DesiredStack, event_type: str, status: str, message: str) -> None:
+        self.outbox.append({"deploymentObjectId": stack.deployment_object_id, "eventType": event_type,
+                            "status": status, "message": message[:4000]})
+        del self.outbox[:-1000]  # bounded while the broker is unreachable
+
+    async def _flush_events(self) -> None:
+        if not self.outbox:
+            return
+        batch, self.outbox = self.outbox, []
+        try:
+            await self.broker.post_events(batch)
+        except BrokerError as exc:
+            if exc.status in (400, 404):
+                log.warning("the broker refused %d events: %s", len(batch), exc)
+                return  # e.g. the stack is no longer targeted: these events have no home
+            self.metrics.broker_errors_total.labels("events").inc()
+            self.outbox = batch + self.outbox
+            log.warning("reporting %d events failed, will retry: %s", len(batch), exc)

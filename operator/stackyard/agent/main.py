@@ -1,0 +1,76 @@
+"""`stackyard agent`: wiring of the broker client, the Kubernetes client and the loop, plus /metrics and /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import kopf
+from aiohttp import web
+
+from ..kube import KubeClient
+from ..metrics import AgentMetrics
+from ..serve import metrics_app, serving
+from .broker import BrokerClient
+from .loop import AgentSettings, StackAgent
+
+log = logging.getLogger(__name__)
+
+
+def key_reader(path: Path):
+    """Reads the PAK file on every call, so a rotated Secret mounted as a file takes effect without a restart."""
+
+    def read() -> str:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            log.error("cannot read the agent key from %s: %s", path, exc)
+            return ""
+
+    return read
+
+
+def kube_connection() -> kopf.ConnectionInfo:
+    """In-cluster service account first, then the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise RuntimeError("no Kubernetes credentials: run in a pod with a service account, or give --kubeconfig")
+    return info
+
+
+async def run_agent(broker_url: str, pak_file: Path, settings: AgentSettings, metrics_address: str,
+                    health_address: str, connection: kopf.ConnectionInfo | None = None) -> None:
+    """Run until SIGTERM/SIGINT."""
+    metrics = AgentMetrics()
+    broker = BrokerClient(broker_url, key_reader(pak_file))
+    kube = KubeClient(connection or kube_connection())
+    agent = StackAgent(broker, kube, settings, metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    async def healthz(_: web.Request) -> web.Response:
+        status = 200 if agent.ready.is_set() else 503
+        return web.json_response({"status": "ok" if status == 200 else "starting"}, status=status)
+
+    health = web.Application()
+    health.router.add_get("/healthz", healthz)
+    try:
+        identity = await broker.identity()
+        log.info("agent %s in cluster %s connected to %s", identity["name"], identity["clusterName"], broker_url)
+    except Exception as exc:  # keep going: the loop retries and reports
+        log.warning("could not fetch the agent identity yet: %s", exc)
+    async with serving(metrics_app(metrics), metrics_address), serving(health, health_address):
+        task = asyncio.create_task(agent.run(), name="agent")
+        await stop.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await broker.close()
+    await kube.close()

@@ -1,0 +1,215 @@
+"""Mirrors agents' heartbeats and events from PostgreSQL into the custom resources' status.
+
+Triggers NOTIFY on heartbeats (`stackyard_agents`) and events
+(`stackyard_events`). The mirror coalesces notifications for a few
+milliseconds, recomputes the status of the affected Agents, Stacks and
+AgentTargets, and patches only what people would see change (phase, state,
+sequence, a new event) or, for heartbeat times, at a coarse throttle. Kopf
+indexes map ids to resources; the handlers' timers are the safety net for
+anything missed while not listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from ..config import GROUP, VERSION
+from ..kube import ApiResource, KubeError
+from ..store import Store
+from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, notifications
+from .conditions import now_rfc3339
+from .reconcile import Waiting, agent_heartbeat_status, reconcile_agent_target, stack_target_status
+from .render import InvalidSpec
+from .status import heartbeat_is_old, last_event_status, visible
+
+log = logging.getLogger(__name__)
+
+STACKS = ApiResource(f"{GROUP}/{VERSION}", "Stack", "stacks", True)
+AGENT_TARGETS = ApiResource(f"{GROUP}/{VERSION}", "AgentTarget", "agenttargets", True)
+AGENTS = ApiResource(f"{GROUP}/{VERSION}", "Agent", "agents", True)
+COALESCE_SECONDS = 0.05
+
+
+def first(index: Any, key: Any) -> Any:
+    """The one value a Kopf index holds under `key`, or None."""
+    try:
+        for value in index[key]:
+            return value
+    except KeyError:
+        return None
+    return None
+
+
+@dataclass
+class Mirror:
+    """One per operator; `run()` listens, `flush()` writes."""
+
+    store: Store
+    database_url: str
+    kube: Callable[[], Any]
+    metrics: Any
+    config: Any
+    stacks_by_uid: Any
+    targets_by_stack: Any
+    targets_by_agent: Any
+    agents_by_uid: Any
+    dirty_agents: dict[uuid.UUID, float] = field(default_factory=dict)
+    dirty_stacks: dict[uuid.UUID, float] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    listening: bool = False
+
+    async def run(self) -> None:
+        """Listen and flush until cancelled; never raises otherwise."""
+        flusher = asyncio.create_task(self._flush_forever(), name="status-mirror-flush")
+        try:
+            await self._listen_forever()
+        finally:
+            flusher.cancel()
+
+    async def _listen_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async for channel, payload in notifications(self.database_url, [AGENTS_CHANNEL, EVENTS_CHANNEL]):
+                    if not channel:
+                        self.listening = True
+                        delay = 0.5
+                        continue
+                    self._note(channel, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("status mirror lost its database connection (%s); reconnecting in %.1fs", exc, delay)
+            self.listening = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _note(self, channel: str, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            agent_id = uuid.UUID(data["agent_id"])
+            at = float(data.get("at") or time.time())
+        except (ValueError, KeyError, TypeError):
+            return
+        self.dirty_agents.setdefault(agent_id, at)
+        if channel == EVENTS_CHANNEL and data.get("stack_id"):
+            self.dirty_stacks.setdefault(uuid.UUID(data["stack_id"]), at)
+        self.wake.set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self.wake.wait()
+            await asyncio.sleep(COALESCE_SECONDS)
+            self.wake.clear()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the timers will catch up; the mirror must not die
+                log.warning("status mirror could not write status, the periodic resync will: %s", exc)
+
+    async def flush(self) -> None:
+        """Write the status of everything noted since the last flush."""
+        agents, self.dirty_agents = self.dirty_agents, {}
+        stacks, self.dirty_stacks = self.dirty_stacks, {}
+        for stack_id, at in stacks.items():
+            await self._mirror_stack(stack_id, at)
+        for agent_id, at in agents.items():
+            await self._mirror_agent(agent_id, at)
+
+    async def _patch_status(self, resource: ApiResource, namespace: str, name: str, status: dict[str, Any], at: float) -> None:
+        try:
+            await self.kube().merge_patch(resource.path(namespace, name) + "/status", {"status": status})
+        except KubeError as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile
+            raise
+        self.metrics.status_patches_total.labels(resource.kind).inc()
+        self.metrics.status_mirror_lag_seconds.observe(max(0.0, time.time() - at))
+
+    async def _mirror_stack(self, stack_id: uuid.UUID, at: float) -> None:
+        indexed = first(self.stacks_by_uid, str(stack_id))
+        if indexed is not None:
+            previous = indexed["status"]
+            latest = await self.store.latest_deployment_object(stack_id)
+            status = await stack_target_status(self.store, stack_id, latest, previous, now_rfc3339())
+            keys = ("targets", "agents")
+            if visible(status, keys) != visible(previous, keys):
+                await self._patch_status(STACKS, indexed["namespace"], indexed["name"], status, at)
+            await self._mirror_targets(self.targets_by_stack, (indexed["namespace"], indexed["name"]), at)
+
+    async def _mirror_targets(self, index: Any, key: Any, at: float) -> None:
+        try:
+            targets = list(index[key])
+        except KeyError:
+            return
+        for target in targets:
+            previous = target["status"]
+            if not previous.get("targetId"):
+                continue  # not reconciled yet: the handler owns it
+            try:
+                result = await reconcile_agent_target(self.store, target["body"])
+            except (InvalidSpec, Waiting):
+                continue
+            keys = ("agent", "deployment")
+            if visible(result.status, keys) != visible(previous, keys):
+                status = {k: result.status[k] for k in keys if k in result.status}
+                meta = target["body"]["metadata"]
+                await self._patch_status(AGENT_TARGETS, meta["namespace"], meta["name"], status, at)
+
+    async def _mirror_agent(self, agent_id: uuid.UUID, at: float) -> None:
+        agent = await self.store.get_agent(agent_id)
+        if agent is None:
+            return
+        indexed = first(self.agents_by_uid, str(agent_id))
+        if indexed is not None:
+            previous = indexed["status"]
+            status = agent_heartbeat_status(agent.last_heartbeat, self.config)
+            event = await self.store.last_event(agent_id)
+            if event is not None:
+                status["lastEvent"] = last_event_status(event)
+            keys = ("phase", "lastEvent")
+            if visible(status, keys) != visible(previous, keys) or heartbeat_is_old(previous, status, self.config.status_throttle):
+                await self._patch_status(AGENTS, indexed["namespace"], indexed["name"], status, at)
+        await self._mirror_targets(self.targets_by_agent, (agent.name, agent.cluster_name), at)
+
+
+def register_indexes(registry: kopf.OperatorRegistry) -> None:
+    """Kopf indexes the mirror uses to find resources by id (kept current by Kopf's watches)."""
+
+    def snapshot(body: kopf.Body) -> dict[str, Any]:
+        meta = body["metadata"]
+        return {
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "status": dict(body.get("status") or {}),
+            "body": {"metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"]},
+                     "spec": dict(body.get("spec") or {})},
+        }
+
+    @kopf.index(GROUP, VERSION, "stacks", id="stacks_by_uid", registry=registry)
+    def stacks_by_uid(body: kopf.Body, uid: str, **_: Any) -> dict[str, Any]:
+        return {uid: snapshot(body)}
+
+    @kopf.index(GROUP, VERSION, "agents", id="agents_by_uid", registry=registry)
+    def agents_by_uid(body: kopf.Body, uid: str, **_: Any) -> dict[str, Any]:
+        return {uid: snapshot(body)}
+
+    @kopf.index(GROUP, VERSION, "agenttargets", id="targets_by_stack", registry=registry)
+    def targets_by_stack(body: kopf.Body, namespace: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+        ref = (spec.get("stackRef") or {}).get("name")
+        return {(namespace, ref): snapshot(body)} if isinstance(ref, str) else {}
+
+    @kopf.index(GROUP, VERSION, "agenttargets", id="targets_by_agent", registry=registry)
+    def targets_by_agent(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+        agent, cluster = spec.get("agentName"), spec.get("clusterName")
+        return {(agent, cluster): snapshot(body)} if isinstance(agent, str) and isinstance(cluster, str) else {}

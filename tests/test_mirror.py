@@ -1,0 +1,61 @@
+"""Heartbeats and events reach the status through LISTEN/NOTIFY, without a patch per heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from stackyard.store import EventIn
+
+from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, eventually
+from .test_operator_stack import configmap
+
+
+def sample(metrics, name: str, labels: dict) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+async def test_heartbeats_do_not_patch_status_each_time_but_phase_and_events_do(operator, cluster, store):
+    await cluster.create(AGENTS, {"metadata": {"name": "edge"}, "spec": {"clusterName": "eu-1"}})
+    obj = await cluster.wait_condition(AGENTS, "edge", "Ready", "True")
+    agent_id = uuid.UUID(obj["status"]["agentId"])
+    await cluster.create(STACKS, {"metadata": {"name": "web"}, "spec": {"resources": [configmap("a")]}})
+    await cluster.create(AGENT_TARGETS, {"metadata": {"name": "t"},
+                                         "spec": {"stackRef": {"name": "web"}, "agentName": "edge", "clusterName": "eu-1"}})
+    stack = await cluster.wait_condition(STACKS, "web", "Ready", "True")
+
+    await store.heartbeat(agent_id)
+
+    async def active():
+        return (await cluster.get(AGENTS, "edge"))["status"].get("phase") == "Active"
+
+    await eventually(active, timeout=3)
+    patches_before = sample(operator.metrics, "stackyard_status_patches_total", {"kind": "Agent"})
+    for _ in range(20):
+        await store.heartbeat(agent_id)
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # give the mirror time to (not) write
+    patches_after = sample(operator.metrics, "stackyard_status_patches_total", {"kind": "Agent"})
+    assert patches_after - patches_before <= 1, "20 heartbeats, at most one throttled patch"
+
+    # an event shows up in the Stack's status within about a second
+    agent = await store.get_agent(agent_id)
+    do_id = uuid.UUID(stack["status"]["deploymentObject"]["id"])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await store.record_events(agent, [EventIn(do_id, "APPLY", "SUCCESS", "applied 1 objects")])
+
+    async def applied():
+        entries = (await cluster.get(STACKS, "web"))["status"].get("agents") or []
+        return entries and entries[0]["state"] == "Applied"
+
+    await eventually(applied, timeout=3, interval=0.05)
+    assert loop.time() - started < 1.5
+    await eventually(lambda: _has_last_event(cluster), timeout=3)
+    assert sample(operator.metrics, "stackyard_status_mirror_lag_seconds_count", {}) >= 1
+
+
+async def _has_last_event(cluster) -> bool:
+    status = (await cluster.get(AGENTS, "edge"))["status"]
+    return status.get("lastEvent", {}).get("status") == "SUCCESS"
