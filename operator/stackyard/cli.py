@@ -189,6 +189,39 @@ def add_agent(commands: argparse._SubParsersAction) -> None:
     agent.set_defaults(handler=cmd_agent)
 
 
+def _store_url(args: argparse.Namespace) -> str | None:
+    """The store's own database, which the sidecar monitors when its config names no instance."""
+    from .store.location import running_embedded_url
+
+    return args.database_url or running_embedded_url(args.data_dir)
+
+
+def cmd_dbagent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .dbagent.main import check_status, run_dbagent
+
+    if args.action == "status":
+        from .durations import duration_seconds
+
+        fresh, message = check_status(args.config, duration_seconds(args.max_age) if args.max_age else None)
+        print(message)
+        return 0 if fresh else 1
+    asyncio.run(run_dbagent(args.config, _store_url(args)))
+    return 0
+
+
+def add_dbagent(commands: argparse._SubParsersAction) -> None:
+    dbagent = commands.add_parser("dbagent", help="the PostgreSQL monitoring sidecar (`status` checks its freshness)")
+    dbagent.add_argument("action", nargs="?", choices=["run", "status"], default="run",
+                         help="run the sidecar (default) or check that its last collection is fresh")
+    add_common(dbagent)
+    add_database(dbagent)
+    add_option(dbagent, "--config", "YAML configuration file; unset monitors the store's own database", None)
+    add_option(dbagent, "--max-age", "for status: the oldest acceptable last collection (default 3x the longest interval)", None)
+    dbagent.set_defaults(handler=cmd_dbagent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stackyard", description=__doc__)
     parser.add_argument("--version", action="version", version=f"stackyard {__version__}")
@@ -205,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(commands)
     add_api(commands)
     add_agent(commands)
+    add_dbagent(commands)
     return parser
 
 

@@ -139,6 +139,19 @@ class EmbeddedPostgres:
             return
         pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=self._run_as, timeout=60)
 
+    def init_standby(self, primary: "EmbeddedPostgres") -> None:
+        """Make this data dir a streaming standby of `primary` (pg_basebackup -R); start it afterwards."""
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        self._prepare_permissions()
+        subprocess.run(
+            [*self.run_as_args(), str(self.bin_dir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
+             "-U", SUPERUSER, "-D", str(self.pgdata), "-R", "-X", "stream", "-c", "fast"],
+            check=True, capture_output=True, timeout=120,
+        )
+
     def run_as_args(self) -> list[str]:
         """Prefix for running a wheel program as the server's system user."""
         return ["runuser", "-u", self._run_as, "--"] if self._run_as else []

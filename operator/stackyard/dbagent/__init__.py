@@ -1,0 +1,1 @@
+"""The database sidecar: watches PostgreSQL instances, keeps history in SQLite, alerts, exports to Prometheus."""
