@@ -11,7 +11,7 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels stackyard \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels stackyard==0.1.0 \
     && rm -rf /wheels
 USER 65532:65532
 WORKDIR /tmp

@@ -78,10 +78,10 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 class KubeClient:
     """Async JSON client for one API server."""
 
-    def __init__(self, info: kopf.ConnectionInfo, timeout: float = 30.0):
+    def __init__(self, info: kopf.ConnectionInfo, timeout: float = 30.0, user_agent: str = "stackyard"):
         self.info = info
         self.server = info.server.rstrip("/")
-        headers = {"Accept": "application/json", "User-Agent": "stackyard"}
+        headers = {"Accept": "application/json", "User-Agent": user_agent}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         elif info.username and info.password:
@@ -196,9 +196,26 @@ class KubeClient:
 
 SECRETS = ApiResource("v1", "Secret", "secrets", True)
 
-# Every Kubernetes call stackyard makes: (component, verb, group, resource).
-# tests/test_rbac.py checks the RBAC manifests against this list, both ways.
+# Every Kubernetes call stackyard makes: (component, verb, group, resource). The RBAC in manifests/
+# and in the chart must grant exactly these; tests/test_rbac.py checks both ways, and that the
+# operator's real calls (recorded by the emulator in tests) stay within this list.
+_CR = ("stacks", "agenttargets", "agents")
 KUBE_CALLS: tuple[tuple[str, str, str, str], ...] = (
-    ("operator", "get", "", "secrets"),
+    *((("operator", verb, "stackyard.dev", plural) for plural in _CR for verb in ("get", "list", "watch", "patch"))),
+    *((("operator", "patch", "stackyard.dev", f"{plural}/status") for plural in _CR)),
+    ("operator", "create", "", "secrets"),
     ("operator", "patch", "", "secrets"),
+    ("operator", "create", "", "events"),
+    ("operator", "list", "apiextensions.k8s.io", "customresourcedefinitions"),
+    ("operator", "watch", "apiextensions.k8s.io", "customresourcedefinitions"),
+    ("agent", "list", "", "configmaps"),
+    ("agent", "get", "", "configmaps"),
+    ("agent", "create", "", "configmaps"),
+    ("agent", "patch", "", "configmaps"),
+    ("agent", "delete", "", "configmaps"),
+    # the agent applies whatever its stacks hold: every kind, with these verbs
+    ("agent", "get", "*", "*"),
+    ("agent", "create", "*", "*"),
+    ("agent", "patch", "*", "*"),
+    ("agent", "delete", "*", "*"),
 )

@@ -47,7 +47,7 @@ async def run_agent(broker_url: str, pak_file: Path, settings: AgentSettings, me
     """Run until SIGTERM/SIGINT."""
     metrics = AgentMetrics()
     broker = BrokerClient(broker_url, key_reader(pak_file))
-    kube = KubeClient(connection or kube_connection())
+    kube = KubeClient(connection or kube_connection(), user_agent="stackyard-agent")
     agent = StackAgent(broker, kube, settings, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

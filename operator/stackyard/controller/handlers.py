@@ -201,7 +201,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         if info is not None:
             if ctx.kube is not None:
                 ctx.retired_clients.append(ctx.kube)
-            ctx.kube = KubeClient(info)
+            ctx.kube = KubeClient(info, user_agent="stackyard-operator")
         return info
 
     @kopf.on.probe(id="store", registry=registry)

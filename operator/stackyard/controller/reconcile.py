@@ -203,20 +203,8 @@ def pak_secret(body: Mapping[str, Any], token: str) -> dict[str, Any]:
     }
 
 
-def secret_token(secret: Mapping[str, Any] | None) -> str | None:
-    if not secret:
-        return None
-    encoded = (secret.get("data") or {}).get("pak")
-    if not encoded:
-        return None
-    try:
-        return base64.b64decode(encoded).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig, body: Mapping[str, Any]) -> Result:
-    """Register the agent row, and issue a PAK when there is none, it does not verify, or a rotation is asked."""
+    """Register the agent row and issue its PAK (see below for when)."""
     spec = _spec(body)
     meta = body["metadata"]
     agent_name = required_name(spec.get("agentName") or meta["name"], "spec.agentName")
@@ -229,18 +217,21 @@ async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig
         raise InvalidSpec("AgentNameConflict", str(exc)) from exc
     previous = body.get("status") or {}
     rotation = (meta.get("annotations") or {}).get(ROTATE_PAK_ANNOTATION)
-    path = SECRETS.path(meta["namespace"], pak_secret_name(meta["name"]))
-    token = secret_token(await kube.get_or_none(path))
     rotate = rotation is not None and rotation != previous.get("pakRotation")
+    key_id = previous.get("pakKeyId")
     issued = False
-    if token is None or rotate or not pak.verify(token, agent.pak_hash):
+    if rotate or not key_id or not agent.pak_hash:
+        # The operator never reads Secrets (RBAC grants create and patch only): it issues a key when
+        # it has not issued one yet, when the store lost the hash, or when a rotation is asked for.
         key = pak.generate()
         await store.set_agent_pak_hash(agent.id, key.secret_hash)
+        path = SECRETS.path(meta["namespace"], pak_secret_name(meta["name"]))
         await kube.apply(path, pak_secret(body, key.token), FIELD_MANAGER)
-        issued = True
+        key_id, issued = key.key_id, True
     status: dict[str, Any] = {
         "agentId": str(agent.id),
         "pakSecretName": pak_secret_name(meta["name"]),
+        "pakKeyId": key_id,
         **agent_heartbeat_status(agent.last_heartbeat, config),
     }
     if rotation is not None:

@@ -1,0 +1,83 @@
+"""RBAC grants exactly the Kubernetes calls stackyard makes, checked both ways, and against real calls."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from stackyard.kube import KUBE_CALLS
+
+from .kube import ROOT
+from .operator_harness import AGENT_TARGETS, AGENTS, STACKS
+from .test_operator_stack import configmap
+
+
+def granted(path) -> set[tuple[str, str, str]]:
+    result = set()
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc["kind"] in ("ClusterRole", "Role"):
+            for rule in doc["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            result.add((verb, group, resource))
+    return result
+
+
+def listed(component: str) -> set[tuple[str, str, str]]:
+    return {(verb, group, resource) for who, verb, group, resource in KUBE_CALLS if who == component}
+
+
+def test_operator_rbac_is_exactly_the_listed_calls():
+    assert granted(ROOT / "manifests/rbac.yaml") == listed("operator")
+
+
+def test_agent_rbac_is_exactly_the_listed_calls():
+    assert granted(ROOT / "manifests/agent/rbac.yaml") == listed("agent")
+
+
+def test_no_cluster_wide_read_of_secrets():
+    for verb, group, resource in granted(ROOT / "manifests/rbac.yaml"):
+        if resource == "secrets":
+            assert verb not in ("get", "list", "watch")
+
+
+PATH = re.compile(r"^/apis?/(?:(?P<group>[^/]+)/)?(?P<version>v[^/]+)(?:/namespaces/[^/]+)?/(?P<resource>[^/?]+)"
+                  r"(?:/(?P<name>[^/?]+))?(?:/(?P<sub>[^/?]+))?")
+
+
+def verb_of(method: str, has_name: bool, watch: bool) -> str:
+    if method == "GET":
+        return "get" if has_name else ("watch" if watch else "list")
+    return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+
+
+async def test_the_operators_real_calls_stay_within_the_list(operator, cluster, kube_server):
+    """Drive every handler once, then map every request the emulator saw to (verb, group, resource)."""
+    await cluster.create(AGENTS, {"metadata": {"name": "edge"}, "spec": {"clusterName": "eu-1"}})
+    await cluster.create(STACKS, {"metadata": {"name": "web"}, "spec": {"resources": [configmap("a")]}})
+    await cluster.create(AGENT_TARGETS, {"metadata": {"name": "t"},
+                                         "spec": {"stackRef": {"name": "web"}, "agentName": "edge", "clusterName": "eu-1"}})
+    await cluster.create(STACKS, {"metadata": {"name": "bad"}, "spec": {"resources": [configmap("a"), configmap("a")]}})
+    await cluster.wait_condition(AGENT_TARGETS, "t", "Ready", "True")
+    await cluster.wait_condition(STACKS, "bad", "Stalled", "True")
+    await cluster.wait_condition(AGENTS, "edge", "Ready", "True")
+    for resource, name in ((AGENT_TARGETS, "t"), (STACKS, "web"), (AGENTS, "edge")):
+        await cluster.delete(resource, name)
+        await cluster.wait_gone(resource, name)
+
+    seen = set()
+    for request in kube_server.call(lambda: list(kube_server.emulator._requests)):
+        agent = request.headers.get("User-Agent", "")
+        if not agent.startswith("kopf") and agent != "stackyard-operator":
+            continue  # the test's own kubectl-like client
+        match = PATH.match(request.url.path)
+        if match is None:
+            continue  # discovery (/api, /apis, /apis/group/version) needs no RBAC rule
+        resource = match["resource"] + (f"/{match['sub']}" if match["sub"] else "")
+        watch = request.url.query.get("watch") in ("true", "1")
+        seen.add((verb_of(request.method.value if hasattr(request.method, "value") else str(request.method),
+                          bool(match["name"]), watch), match["group"] or "", resource))
+    assert ("patch", "", "secrets") in seen and ("watch", "stackyard.dev", "stacks") in seen, seen
+    assert seen <= listed("operator"), seen - listed("operator")
