@@ -159,12 +159,16 @@ def state_document(agent: Agent, stacks: list[DesiredStack]) -> dict[str, Any]:
     }
 
 
-def state_etag(stacks: list[DesiredStack]) -> str:
+def state_etag(versions: list[tuple[uuid.UUID, uuid.UUID]]) -> str:
     """A strong ETag over which deployment object each stack is at."""
     digest = hashlib.sha256()
-    for s in stacks:
-        digest.update(f"{s.stack_id}:{s.deployment_object_id};".encode())
+    for stack_id, deployment_object_id in versions:
+        digest.update(f"{stack_id}:{deployment_object_id};".encode())
     return f'"{digest.hexdigest()[:32]}"'
+
+
+def _versions(stacks: list[DesiredStack]) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    return [(s.stack_id, s.deployment_object_id) for s in stacks]
 
 
 def own_agent_id(request: web.Request, agent: Agent) -> None:
@@ -219,8 +223,8 @@ async def target_state(request: web.Request) -> web.Response:
     known = request.headers.get("If-None-Match")
     store = request.app[STORE_KEY]
     with request.app[WAITERS_KEY].subscribe((agent.name, agent.cluster_name)) as changed:
-        stacks = await store.desired_state(agent.name, agent.cluster_name)
-        etag = state_etag(stacks)
+        # The ETag needs only ids; the YAML is read when the answer is not a 304.
+        etag = state_etag(await store.desired_versions(agent.name, agent.cluster_name))
         deadline = time.monotonic() + wait
         while known == etag and (remaining := deadline - time.monotonic()) > 0:
             try:
@@ -228,10 +232,11 @@ async def target_state(request: web.Request) -> web.Response:
             except TimeoutError:
                 break
             changed.clear()
-            stacks = await store.desired_state(agent.name, agent.cluster_name)
-            etag = state_etag(stacks)
+            etag = state_etag(await store.desired_versions(agent.name, agent.cluster_name))
     if known == etag:
         return web.Response(status=304, headers={"ETag": etag})
+    stacks = await store.desired_state(agent.name, agent.cluster_name)
+    etag = state_etag(_versions(stacks))
     return web.json_response(state_document(agent, stacks), headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
@@ -239,7 +244,7 @@ async def other_target_state(request: web.Request) -> web.Response:
     agent = await authenticate(request)
     own_agent_id(request, agent)
     stacks = await request.app[STORE_KEY].desired_state(agent.name, agent.cluster_name)
-    return web.json_response(state_document(agent, stacks), headers={"ETag": state_etag(stacks)})
+    return web.json_response(state_document(agent, stacks), headers={"ETag": state_etag(_versions(stacks))})
 
 
 async def post_events(request: web.Request) -> web.Response:

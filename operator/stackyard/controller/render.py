@@ -16,6 +16,9 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 KIND_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
 
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 class InvalidSpec(Exception):
     """Input that retrying cannot fix; becomes Stalled=True with `reason`."""
 
@@ -82,11 +85,10 @@ def _sort_key(resource: Mapping[str, Any]) -> tuple:
 
 def canonical_yaml(resources: list[Mapping[str, Any]]) -> str:
     """Multi-document YAML with sorted keys and a stable document order (Namespaces and CRDs first)."""
-    documents = sorted(resources, key=_sort_key)
-    return "".join(
-        yaml.safe_dump(dict(doc), sort_keys=True, default_flow_style=False, explicit_start=True, allow_unicode=True)
-        for doc in documents
-    )
+    documents = [dict(doc) for doc in sorted(resources, key=_sort_key)]
+    # libyaml's emitter (in the PyYAML wheel) is ~10x faster than the pure-Python one.
+    return yaml.dump_all(documents, Dumper=_DUMPER, sort_keys=True, default_flow_style=False, explicit_start=True,
+                         allow_unicode=True)
 
 
 def render_stack(spec: Mapping[str, Any]) -> tuple[str, str, int]:

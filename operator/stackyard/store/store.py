@@ -127,8 +127,13 @@ class Store:
 
     @classmethod
     async def open(cls, url: str, min_size: int = 1, max_size: int = 10, timeout: float = 30.0) -> "Store":
-        """Open a pool on `url` and wait until it has its first connection."""
-        pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout)
+        """Open a pool on `url` and wait until it has its first connection.
+
+        Connections are in autocommit mode: a single statement needs no BEGIN/COMMIT
+        round trips; every multi-statement write uses an explicit transaction block.
+        """
+        pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
+                                   kwargs={"autocommit": True})
         await pool.open(wait=True, timeout=timeout)
         return cls(pool)
 
@@ -463,6 +468,12 @@ class Store:
             cur = conn.cursor(row_factory=class_row(DesiredStack))
             return await (await cur.execute(DESIRED_STATE_SQL, (agent_name, cluster_name))).fetchall()
 
+    async def desired_versions(self, agent_name: str, cluster_name: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """(stack id, deployment object id) of the desired state, without the YAML: enough for an ETag."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(DESIRED_VERSIONS_SQL, (agent_name, cluster_name))).fetchall()
+            return [(stack_id, do_id) for stack_id, do_id in rows]
+
     async def record_events(self, agent: Agent, events: Sequence[EventIn]) -> list[uuid.UUID]:
         """Store a batch of events, all or nothing; every event must concern a stack targeted to the agent."""
         if not events:
@@ -508,6 +519,19 @@ SELECT s.id AS stack_id, s.name AS stack_name, s.deleted_at IS NOT NULL AS stack
   CROSS JOIN LATERAL (
         SELECT id, sequence_id, yaml_checksum, yaml_content, is_deletion_marker
           FROM deployment_objects
+         WHERE stack_id = s.id AND deleted_at IS NULL
+         ORDER BY sequence_id DESC
+         LIMIT 1) d
+ WHERE t.agent_name = %s AND t.cluster_name = %s
+ ORDER BY s.name, s.id
+"""
+
+DESIRED_VERSIONS_SQL = """
+SELECT s.id, d.id
+  FROM agent_targets t
+  JOIN stacks s ON s.id = t.stack_id
+  CROSS JOIN LATERAL (
+        SELECT id FROM deployment_objects
          WHERE stack_id = s.id AND deleted_at IS NULL
          ORDER BY sequence_id DESC
          LIMIT 1) d

@@ -1,0 +1,99 @@
+"""Shared pieces of the benchmarks: a PostgreSQL, an emulated cluster, percentiles, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stackyard.store import migrate  # noqa: E402
+from stackyard.store.embedded import EmbeddedPostgres  # noqa: E402
+from stackyard.store.location import ensure_database  # noqa: E402
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, " \
+           f"Python {platform.python_version()}"
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """A migrated database: STACKYARD_BENCH_DATABASE_URL, or a fresh embedded PostgreSQL."""
+    url = os.environ.get("STACKYARD_BENCH_DATABASE_URL")
+    if url:
+        migrate(url)
+        yield url
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "pg", settings={"fsync": "off", "max_connections": "200"})
+        server.start()
+        try:
+            ensure_database(server.url(), "stackyard")
+            migrate(server.url("stackyard"))
+            yield server.url("stackyard")
+        finally:
+            server.stop(mode="immediate")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "bench",
+        "clusters": [{"name": "bench", "cluster": {"server": server}}],
+        "users": [{"name": "bench", "user": {"token": "bench"}}],
+        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
+    }))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stackyard_process(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STACKYARD_")}
+    clean.update(env)
+    profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+    return subprocess.Popen([sys.executable, *profile, "-m", "stackyard", *args], env=clean,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+class PeakRss:
+    """Samples a process's RSS (with children) in the background caller's loop."""
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
+        self.peak = 0
+
+    def sample(self) -> None:
+        try:
+            rss = self.process.memory_info().rss
+        except psutil.Error:
+            return
+        self.peak = max(self.peak, rss)
