@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -12,6 +13,10 @@ from psycopg import sql
 
 from stackyard.store import Store, migrate
 from stackyard.store.embedded import EmbeddedPostgres
+
+if TYPE_CHECKING:
+    from .kube import KubeServer
+    from .operator_harness import Cluster, OperatorThread
 
 
 def _worker() -> str:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from ..store import Store
-from ..store.listen import STATE_CHANNEL, notifications
+from ..store.listen import STATE_CHANNEL, listen_forever
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +51,17 @@ class StateWaiters:
 
     async def run(self) -> None:
         """Listen forever, reconnecting with backoff; never raises except on cancellation."""
-        delay = 0.5
-        while True:
-            try:
-                async for channel, payload in notifications(self.url, [STATE_CHANNEL]):
-                    if not channel:
-                        self.listening = True
-                        delay = 0.5
-                        self.wake()
-                        continue
-                    try:
-                        stack_id = uuid.UUID(payload)
-                    except ValueError:
-                        continue
-                    if self._waiting:
-                        self.wake(await self.store.targets_of_stack(stack_id))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("state listener lost its connection (%s); reconnecting in %.1fs", exc, delay)
-            self.listening = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        await listen_forever(self.url, [STATE_CHANNEL], self._on_notify, self._on_state, "state listener")
+
+    def _on_state(self, listening: bool) -> None:
+        self.listening = listening
+        if listening:
+            self.wake()  # anything may have changed while not listening
+
+    async def _on_notify(self, _channel: str, payload: str) -> None:
+        try:
+            stack_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        if self._waiting:
+            self.wake(await self.store.targets_of_stack(stack_id))

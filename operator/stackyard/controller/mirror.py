@@ -25,7 +25,7 @@ import kopf
 from ..config import GROUP, VERSION
 from ..kube import ApiResource, KubeError
 from ..store import Store
-from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, notifications
+from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, listen_forever
 from .conditions import now_rfc3339
 from .reconcile import Waiting, agent_heartbeat_status, reconcile_agent_target, stack_target_status
 from .render import InvalidSpec
@@ -76,22 +76,14 @@ class Mirror:
             flusher.cancel()
 
     async def _listen_forever(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                async for channel, payload in notifications(self.database_url, [AGENTS_CHANNEL, EVENTS_CHANNEL]):
-                    if not channel:
-                        self.listening = True
-                        delay = 0.5
-                        continue
-                    self._note(channel, payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("status mirror lost its database connection (%s); reconnecting in %.1fs", exc, delay)
-            self.listening = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        await listen_forever(self.database_url, [AGENTS_CHANNEL, EVENTS_CHANNEL], self._on_notify, self._on_state,
+                             "status mirror")
+
+    def _on_state(self, listening: bool) -> None:
+        self.listening = listening
+
+    async def _on_notify(self, channel: str, payload: str) -> None:
+        self._note(channel, payload)
 
     def _note(self, channel: str, payload: str) -> None:
         try:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import psycopg
 from psycopg import sql
@@ -27,3 +28,34 @@ async def notifications(url: str, channels: Sequence[str]) -> AsyncIterator[tupl
         yield "", ""
         async for notify in conn.notifies():
             yield notify.channel, notify.payload
+
+
+async def listen_forever(
+    url: str,
+    channels: Sequence[str],
+    on_notify: Callable[[str, str], Awaitable[None]],
+    on_state: Callable[[bool], None],
+    what: str,
+) -> None:
+    """Deliver notifications to `on_notify` forever, reconnecting with capped backoff.
+
+    `on_state(True)` is called each time listening (re)starts, so the caller can
+    catch up on what it missed; `on_state(False)` when the connection is lost.
+    Returns only by cancellation.
+    """
+    delay = 0.5
+    while True:
+        try:
+            async for channel, payload in notifications(url, channels):
+                if not channel:
+                    delay = 0.5
+                    on_state(True)
+                    continue
+                await on_notify(channel, payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s lost its database connection (%s); reconnecting in %.1fs", what, exc, delay)
+        on_state(False)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
