@@ -243,6 +243,10 @@ class Emulator(kmock.KubernetesEmulator):
             return _status(404, "NotFound", f"{request.name} not found")
         async with self._lock:
             current = copy.deepcopy(self._objects[key].raw)
+            wanted_version = (request.data.get("metadata") or {}).get("resourceVersion") if isinstance(
+                request.data, dict) else None
+            if wanted_version and wanted_version != current["metadata"].get("resourceVersion"):
+                return _status(409, "Conflict", "the object has been modified; please apply your changes to the latest version")
             if isinstance(request.data, list):
                 try:
                     new = jsonpatch.apply_patch(current, request.data)

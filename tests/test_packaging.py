@@ -50,6 +50,7 @@ def test_manifests_render_a_complete_install(tmp_path):
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["Namespace", "CustomResourceDefinition", "CustomResourceDefinition",
                             "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                            "Role", "RoleBinding",
                             "ConfigMap", "Deployment", "Service"])
     for doc in docs:
         if doc["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):

@@ -36,7 +36,8 @@ async def test_run_reconciles_serves_metrics_and_health_and_stops_cleanly(kube_s
     write_kubeconfig(kubeconfig, kube_server.url)
     metrics_port, health_port, api_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKYARD_")}
-    env.update(KUBECONFIG=str(kubeconfig), STACKYARD_DATABASE_URL=db_url, STACKYARD_LOG_FORMAT="json")
+    env.update(KUBECONFIG=str(kubeconfig), STACKYARD_DATABASE_URL=db_url, STACKYARD_LOG_FORMAT="json",
+               STACKYARD_LEADER_ELECTION_NAMESPACE="stackyard-system", HOSTNAME="operator-0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "stackyard", "run", "--metrics-address", f"127.0.0.1:{metrics_port}",
          "--health-address", f"127.0.0.1:{health_port}", "--api-address", f"127.0.0.1:{api_port}"],
@@ -45,6 +46,8 @@ async def test_run_reconciles_serves_metrics_and_health_and_stops_cleanly(kube_s
     try:
         await cluster.create(STACKS, {"metadata": {"name": "web"}, "spec": {"resources": [configmap("a")]}})
         await cluster.wait_condition(STACKS, "web", "Ready", "True", timeout=30)
+        lease = await cluster.client.get("/apis/coordination.k8s.io/v1/namespaces/stackyard-system/leases/stackyard-operator")
+        assert lease["spec"]["holderIdentity"] == "operator-0", "the operator runs as the elected leader"
 
         async def metrics_ready():
             try:

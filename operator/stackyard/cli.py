@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -94,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             resync_interval=duration_seconds(args.resync_interval),
             retention_age=parse_duration(args.retention_age),
             retention_interval=duration_seconds(args.retention_interval),
+            leader_election_namespace=args.leader_election_namespace or None,
+            identity=os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}",
         )
         scope = "all namespaces" if config.all_namespaces else ", ".join(namespaces)
         log.info("starting the operator for %s", scope)
@@ -149,6 +152,8 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     add_option(run, "--resync-interval", "periodic status resync (safety net behind LISTEN/NOTIFY)", "30s")
     add_option(run, "--retention-age", "hard-delete soft-deleted rows older than this", "7d")
     add_option(run, "--retention-interval", "how often the retention purge runs", "1h")
+    add_option(run, "--leader-election-namespace",
+               "namespace of the Lease for leader election (replicas stand by); unset runs without election", None)
     run.set_defaults(handler=cmd_run)
 
 

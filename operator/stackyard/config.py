@@ -29,6 +29,9 @@ class OperatorConfig:
     retention_interval: float = 3600.0
     pool_max_size: int = 10
     pool_timeout: float = 5.0
+    # Lease-based leader election: the namespace of the Lease (None: no election, run at once).
+    leader_election_namespace: str | None = None
+    identity: str = ""
     # Tests point the operator at an emulated API server; production uses kubeconfig or the service account.
     kube_connection: kopf.ConnectionInfo | None = None
 

@@ -194,6 +194,15 @@ class KubeClient:
         self._discovery.clear()
 
 
+def default_connection() -> kopf.ConnectionInfo:
+    """In-cluster service account first, then the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise RuntimeError("no Kubernetes credentials: run in a pod with a service account, or set KUBECONFIG")
+    return info
+
+
 SECRETS = ApiResource("v1", "Secret", "secrets", True)
 
 # Every Kubernetes call stackyard makes: (component, verb, group, resource). The RBAC in manifests/
@@ -206,6 +215,9 @@ KUBE_CALLS: tuple[tuple[str, str, str, str], ...] = (
     ("operator", "create", "", "secrets"),
     ("operator", "patch", "", "secrets"),
     ("operator", "create", "", "events"),
+    ("operator", "get", "coordination.k8s.io", "leases"),
+    ("operator", "create", "coordination.k8s.io", "leases"),
+    ("operator", "patch", "coordination.k8s.io", "leases"),
     ("operator", "list", "apiextensions.k8s.io", "customresourcedefinitions"),
     ("operator", "watch", "apiextensions.k8s.io", "customresourcedefinitions"),
     ("agent", "list", "", "configmaps"),

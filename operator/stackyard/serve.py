@@ -14,7 +14,9 @@ from aiohttp import web
 from .api import create_app
 from .api.waiters import StateWaiters
 from .config import OperatorConfig
+from .controller.leader import LeaseElector
 from .controller.operator import run_operator
+from .kube import KubeClient, default_connection
 from .metrics import AgentMetrics, Metrics
 from .store import Store
 
@@ -113,10 +115,31 @@ async def run_all(config: OperatorConfig, addresses: RunAddresses) -> None:
                     api_serving(config.database_url, addresses.api, metrics, config.pool_max_size)
                 )
             host, port = split_address(addresses.health)
-            await run_operator(config, metrics, liveness_endpoint=f"http://{host}:{port}/healthz")
+            liveness = f"http://{host}:{port}/healthz"
+            if config.leader_election_namespace:
+                await run_as_leader(config, metrics, liveness)
+            else:
+                await run_operator(config, metrics, liveness_endpoint=liveness)
     finally:
         await _cancel(retention)
         await maintenance.close()
+
+
+async def run_as_leader(config: OperatorConfig, metrics: Metrics, liveness: str) -> None:
+    """Stand by until this replica holds the Lease, then run the operator while renewing it."""
+    async with KubeClient(config.kube_connection or default_connection(), user_agent="stackyard-operator") as kube:
+        elector = LeaseElector(kube, config.leader_election_namespace or "", config.identity)
+        await elector.acquire()
+        stop = asyncio.Event()
+        keeper = asyncio.create_task(elector.keep(), name="lease-keeper")
+        operator = asyncio.create_task(run_operator(config, metrics, stop_flag=stop, liveness_endpoint=liveness))
+        done, _ = await asyncio.wait({keeper, operator}, return_when=asyncio.FIRST_COMPLETED)
+        if keeper in done:
+            stop.set()
+            await operator
+            keeper.result()  # raises LostLeadership: the process exits non-zero and restarts as a candidate
+        await _cancel(keeper)
+        operator.result()
 
 
 async def run_api(database_url: str, api_address: str, metrics_address: str, pool_max_size: int) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import kopf
 from aiohttp import web
 
-from ..kube import KubeClient
+from ..kube import KubeClient, default_connection
 from ..metrics import AgentMetrics
 from ..serve import metrics_app, serving
 from .broker import BrokerClient
@@ -33,21 +33,12 @@ def key_reader(path: Path):
     return read
 
 
-def kube_connection() -> kopf.ConnectionInfo:
-    """In-cluster service account first, then the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise RuntimeError("no Kubernetes credentials: run in a pod with a service account, or give --kubeconfig")
-    return info
-
-
 async def run_agent(broker_url: str, pak_file: Path, settings: AgentSettings, metrics_address: str,
                     health_address: str, connection: kopf.ConnectionInfo | None = None) -> None:
     """Run until SIGTERM/SIGINT."""
     metrics = AgentMetrics()
     broker = BrokerClient(broker_url, key_reader(pak_file))
-    kube = KubeClient(connection or kube_connection(), user_agent="stackyard-agent")
+    kube = KubeClient(connection or default_connection(), user_agent="stackyard-agent")
     agent = StackAgent(broker, kube, settings, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
