@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stackyard.store.embedded import free_port
 
-from .operator_harness import STACKS, eventually
+from .operator_harness import AGENTS, STACKS, eventually
 from .test_operator_stack import configmap
 
 
@@ -40,7 +40,8 @@ async def test_run_reconciles_serves_metrics_and_health_and_stops_cleanly(kube_s
                STACKYARD_LEADER_ELECTION_NAMESPACE="stackyard-system", HOSTNAME="operator-0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "stackyard", "run", "--metrics-address", f"127.0.0.1:{metrics_port}",
-         "--health-address", f"127.0.0.1:{health_port}", "--api-address", f"127.0.0.1:{api_port}"],
+         "--health-address", f"127.0.0.1:{health_port}", "--api-address", f"127.0.0.1:{api_port}",
+         "--heartbeat-interval", "1s"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -64,6 +65,15 @@ async def test_run_reconciles_serves_metrics_and_health_and_stops_cleanly(kube_s
         assert samples[("stackyard_reconcile_total", (("kind", "Stack"), ("result", "success")))] >= 1
         assert samples[("stackyard_deployment_objects_emitted_total", ())] == 1
         assert any(name == "stackyard_reconcile_duration_seconds_bucket" for name, _ in samples)
+        assert ("stackyard_db_pool_connections", (("state", "size"),)) in samples
+
+        await cluster.create(AGENTS, {"metadata": {"name": "edge"}, "spec": {"clusterName": "eu-1"}})
+
+        async def one_pending_agent():
+            text = await metrics_ready()
+            return text and 'stackyard_agents{phase="Pending"} 1.0' in text
+
+        await eventually(one_pending_agent, timeout=30)
 
         async def healthy():
             try:

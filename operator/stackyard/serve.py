@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 from aiohttp import web
 
@@ -61,6 +62,19 @@ async def serving(app: web.Application, address: str) -> AsyncIterator[web.AppRu
         await runner.cleanup()
 
 
+async def agents_gauge_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:
+    """Keep `stackyard_agents{phase}` current (every heartbeat interval)."""
+    while True:
+        try:
+            counts = await store.agent_phase_counts(timedelta(seconds=config.stale_after))
+            for phase, count in counts.items():
+                metrics.agents.labels(phase).set(count)
+            metrics.observe_pool(store.pool.get_stats())
+        except Exception as exc:  # a database outage must not end the loop
+            log.debug("agent phase counts unavailable: %s", exc)
+        await asyncio.sleep(config.heartbeat_interval)
+
+
 async def retention_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:
     """Hard-delete soft-deleted rows older than the retention age, on a schedule."""
     while True:
@@ -107,6 +121,7 @@ async def run_all(config: OperatorConfig, addresses: RunAddresses) -> None:
     metrics = Metrics()
     maintenance = await Store.open(config.database_url, min_size=1, max_size=2)
     retention = asyncio.create_task(retention_loop(maintenance, config, metrics), name="retention")
+    gauges = asyncio.create_task(agents_gauge_loop(maintenance, config, metrics), name="agent-gauges")
     try:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(serving(metrics_app(metrics), addresses.metrics))
@@ -122,6 +137,7 @@ async def run_all(config: OperatorConfig, addresses: RunAddresses) -> None:
                 await run_operator(config, metrics, liveness_endpoint=liveness)
     finally:
         await _cancel(retention)
+        await _cancel(gauges)
         await maintenance.close()
 
 
