@@ -164,3 +164,13 @@ async def test_purge_soft_deleted_through_store(store, db):
     db.execute("UPDATE stacks SET deleted_at = now() - interval '2 days'")
     assert (await store.purge_soft_deleted(timedelta(days=1)))["stacks"] == 1
     assert db.execute("SELECT count(*) FROM deployment_objects").fetchone()[0] == 0
+
+
+async def test_save_stack_upserts_and_emits_in_one_go_once_under_concurrency(store, db):
+    sid = uuid.uuid4()
+    results = await asyncio.gather(*(
+        store.save_stack(sid, "a/web", "d", ["x"], {"k": "v"}, "same: content\n") for _ in range(10)
+    ))
+    assert sum(r.created for r in results) == 1
+    assert db.execute("SELECT count(*) FROM deployment_objects").fetchone()[0] == 1
+    assert await store.stack_metadata(sid) == (["x"], {"k": "v"})

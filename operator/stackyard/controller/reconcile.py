@@ -79,10 +79,11 @@ async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tu
     content, _checksum, count = render_stack(spec)
     stack_id = _uid(body)
     try:
-        await store.upsert_stack(stack_id, stack_row_name(meta["namespace"], meta["name"]), description, labels, annotations)
+        emitted = await store.save_stack(
+            stack_id, stack_row_name(meta["namespace"], meta["name"]), description, labels, annotations, content
+        )
     except Conflict as exc:
         raise InvalidSpec("StackDeleted", str(exc)) from exc
-    emitted = await store.emit_deployment_object(stack_id, content)
     do = emitted.deployment_object
     status = await stack_target_status(store, stack_id, do, body.get("status") or {}, now)
     status["stackId"] = str(stack_id)

@@ -157,22 +157,21 @@ class Store:
         sends its deletion marker to the agents.
         """
         async with self.pool.connection() as conn, conn.transaction():
-            row = await (
-                await conn.execute("SELECT deleted_at FROM stacks WHERE id = %s FOR UPDATE", (stack_id,))
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                raise Conflict(f"stack {stack_id} was deleted and cannot be updated")
-            await conn.execute(
-                "UPDATE stacks SET deleted_at = now() WHERE name = %s AND id <> %s AND deleted_at IS NULL",
-                (name, stack_id),
-            )
-            await conn.execute(
-                "INSERT INTO stacks (id, name, description) VALUES (%s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description"
-                " WHERE (stacks.name, stacks.description) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.description)",
-                (stack_id, name, description),
-            )
-            await _replace_metadata(conn, stack_id, labels, annotations or {})
+            await _upsert_stack(conn, stack_id, name, description, labels, annotations or {})
+
+    async def save_stack(
+        self,
+        stack_id: uuid.UUID,
+        name: str,
+        description: str | None,
+        labels: Iterable[str],
+        annotations: Mapping[str, str],
+        yaml_content: str,
+    ) -> EmitResult:
+        """`upsert_stack` and `emit_deployment_object` in one transaction (one reconcile, one round of locks)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await _upsert_stack(conn, stack_id, name, description, labels, annotations)
+            return await _emit(conn, stack_id, yaml_content)
 
     async def emit_deployment_object(self, stack_id: uuid.UUID, yaml_content: str) -> EmitResult:
         """Insert a deployment object unless the stack's latest one has the same checksum.
@@ -180,25 +179,8 @@ class Store:
         The stack row is locked for the check, so concurrent callers with the
         same content produce exactly one row; the others get the existing one.
         """
-        checksum = sha256_hex(yaml_content)
         async with self.pool.connection() as conn, conn.transaction():
-            locked = await (
-                await conn.execute("SELECT 1 FROM stacks WHERE id = %s AND deleted_at IS NULL FOR UPDATE", (stack_id,))
-            ).fetchone()
-            if locked is None:
-                raise NotFound(f"no live stack {stack_id}")
-            cur = conn.cursor(row_factory=class_row(DeploymentObject))
-            latest = await (await cur.execute(_LATEST_SQL, (stack_id,))).fetchone()
-            if latest is not None and latest.yaml_checksum == checksum:
-                return EmitResult(latest, created=False)
-            created = await (
-                await cur.execute(
-                    f"INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum)"
-                    f" VALUES (%s, %s, %s) RETURNING {_DO_COLUMNS}",
-                    (stack_id, yaml_content, checksum),
-                )
-            ).fetchone()
-            return EmitResult(created, created=True)
+            return await _emit(conn, stack_id, yaml_content)
 
     async def latest_deployment_object(self, stack_id: uuid.UUID) -> DeploymentObject | None:
         """The stack's newest live deployment object (its deletion marker once deleted)."""
@@ -571,6 +553,51 @@ SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS a
    AND (%s::text IS NULL OR t.cluster_name = %s)
  ORDER BY t.agent_name, t.cluster_name
 """
+
+
+async def _upsert_stack(
+    conn: psycopg.AsyncConnection,
+    stack_id: uuid.UUID,
+    name: str,
+    description: str | None,
+    labels: Iterable[str],
+    annotations: Mapping[str, str],
+) -> None:
+    row = await (await conn.execute("SELECT deleted_at FROM stacks WHERE id = %s FOR UPDATE", (stack_id,))).fetchone()
+    if row is not None and row[0] is not None:
+        raise Conflict(f"stack {stack_id} was deleted and cannot be updated")
+    await conn.execute(
+        "UPDATE stacks SET deleted_at = now() WHERE name = %s AND id <> %s AND deleted_at IS NULL", (name, stack_id)
+    )
+    await conn.execute(
+        "INSERT INTO stacks (id, name, description) VALUES (%s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description"
+        " WHERE (stacks.name, stacks.description) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.description)",
+        (stack_id, name, description),
+    )
+    await _replace_metadata(conn, stack_id, labels, annotations)
+
+
+async def _emit(conn: psycopg.AsyncConnection, stack_id: uuid.UUID, yaml_content: str) -> EmitResult:
+    """Insert a deployment object unless the latest has the same checksum (the stack row is locked)."""
+    checksum = sha256_hex(yaml_content)
+    locked = await (
+        await conn.execute("SELECT 1 FROM stacks WHERE id = %s AND deleted_at IS NULL FOR UPDATE", (stack_id,))
+    ).fetchone()
+    if locked is None:
+        raise NotFound(f"no live stack {stack_id}")
+    cur = conn.cursor(row_factory=class_row(DeploymentObject))
+    latest = await (await cur.execute(_LATEST_SQL, (stack_id,))).fetchone()
+    if latest is not None and latest.yaml_checksum == checksum:
+        return EmitResult(latest, created=False)
+    created = await (
+        await cur.execute(
+            f"INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum)"
+            f" VALUES (%s, %s, %s) RETURNING {_DO_COLUMNS}",
+            (stack_id, yaml_content, checksum),
+        )
+    ).fetchone()
+    return EmitResult(created, created=True)
 
 
 async def _replace_metadata(
