@@ -174,3 +174,18 @@ async def test_save_stack_upserts_and_emits_in_one_go_once_under_concurrency(sto
     assert sum(r.created for r in results) == 1
     assert db.execute("SELECT count(*) FROM deployment_objects").fetchone()[0] == 1
     assert await store.stack_metadata(sid) == (["x"], {"k": "v"})
+
+
+async def test_an_unchanged_target_writes_nothing_and_wakes_no_long_poll(store, db_url):
+    import psycopg
+
+    sid, owner = uuid.uuid4(), uuid.uuid4()
+    await store.upsert_stack(sid, "a/web", None)
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN stackyard_state")
+        await store.set_agent_target(owner, sid, "edge", "eu-1")
+        assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(sid)]
+        await store.set_agent_target(owner, sid, "edge", "eu-1")
+        assert list(listener.notifies(timeout=0.5)) == [], "a no-op reconcile sends no NOTIFY"
+        await store.set_agent_target(owner, sid, "edge-2", "eu-1")
+        assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(sid)]

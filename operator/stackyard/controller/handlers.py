@@ -31,6 +31,7 @@ from .reconcile import (
     delete_agent,
     delete_agent_target,
     delete_stack,
+    observe_agent_target,
     reconcile_agent,
     reconcile_agent_target,
     reconcile_stack,
@@ -38,7 +39,7 @@ from .reconcile import (
     stack_target_status,
 )
 from .render import InvalidSpec
-from .mirror import Mirror, register_indexes
+from .mirror import TARGET_KEYS, Mirror, register_indexes
 from .status import heartbeat_is_old, visible
 from .storage import DigestDiffBaseStorage
 
@@ -273,14 +274,12 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         if not (body.get("status") or {}).get("targetId"):
             return  # not reconciled successfully yet; the handler's own retries cover it
         try:
-            result = await reconcile_agent_target(ctx.require_store(), body)
-        except (InvalidSpec, Waiting):
-            return  # a spec-level change is the update handler's business
-        keys = ("agent", "deployment")
-        if visible(result.status, keys) != visible(body.get("status") or {}, keys):
-            for key in keys:
-                if key in result.status:
-                    patch.status[key] = result.status[key]
+            status = await observe_agent_target(ctx.require_store(), body)  # reads only
+        except InvalidSpec:
+            return  # a spec-level problem is the update handler's business
+        if status is not None and visible(status, TARGET_KEYS) != visible(body.get("status") or {}, TARGET_KEYS):
+            for key, value in status.items():
+                patch.status[key] = value
             metrics.status_patches_total.labels("AgentTarget").inc()
 
     # Agent ----------------------------------------------------------------------------------

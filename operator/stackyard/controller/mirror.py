@@ -27,7 +27,7 @@ from ..kube import ApiResource, KubeError
 from ..store import Store
 from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, listen_forever
 from .conditions import now_rfc3339
-from .reconcile import Waiting, agent_heartbeat_status, reconcile_agent_target, stack_target_status
+from .reconcile import agent_heartbeat_status, observe_agent_target, stack_target_status
 from .render import InvalidSpec
 from .status import heartbeat_is_old, last_event_status, visible
 
@@ -37,6 +37,7 @@ STACKS = ApiResource(f"{GROUP}/{VERSION}", "Stack", "stacks", True)
 AGENT_TARGETS = ApiResource(f"{GROUP}/{VERSION}", "AgentTarget", "agenttargets", True)
 AGENTS = ApiResource(f"{GROUP}/{VERSION}", "Agent", "agents", True)
 COALESCE_SECONDS = 0.05
+TARGET_KEYS = ("stackId", "agent", "deployment")
 
 
 def first(index: Any, key: Any) -> Any:
@@ -149,12 +150,12 @@ class Mirror:
             if not previous.get("targetId"):
                 continue  # not reconciled yet: the handler owns it
             try:
-                result = await reconcile_agent_target(self.store, target["body"])
-            except (InvalidSpec, Waiting):
+                status = await observe_agent_target(self.store, target["body"])
+            except InvalidSpec:
                 continue
-            keys = ("agent", "deployment")
-            if visible(result.status, keys) != visible(previous, keys):
-                status = {k: result.status[k] for k in keys if k in result.status}
+            if status is None:
+                continue  # the Stack is gone: the handler owns that
+            if visible(status, TARGET_KEYS) != visible(previous, TARGET_KEYS):
                 meta = target["body"]["metadata"]
                 await self._patch_status(AGENT_TARGETS, meta["namespace"], meta["name"], status, at)
 

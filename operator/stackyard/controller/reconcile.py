@@ -128,33 +128,26 @@ async def delete_stack(store: Store, body: Mapping[str, Any]) -> None:
 # AgentTarget ----------------------------------------------------------------------------
 
 
-async def reconcile_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
+def _target_spec(body: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """(namespace, stack name, agent name, cluster name) of an AgentTarget, or InvalidSpec."""
     spec = _spec(body)
     stack_ref = spec.get("stackRef")
     if not isinstance(stack_ref, Mapping):
         raise InvalidSpec("InvalidSpec", "spec.stackRef.name is required")
-    stack_name = required_name(stack_ref.get("name"), "spec.stackRef.name")
-    agent_name = required_name(spec.get("agentName"), "spec.agentName")
-    cluster_name = required_name(spec.get("clusterName"), "spec.clusterName")
-    owner = _uid(body)
-    namespace = body["metadata"]["namespace"]
-    stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
+    return (
+        body["metadata"]["namespace"],
+        required_name(stack_ref.get("name"), "spec.stackRef.name"),
+        required_name(spec.get("agentName"), "spec.agentName"),
+        required_name(spec.get("clusterName"), "spec.clusterName"),
+    )
+
+
+async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, cluster_name: str) -> dict[str, Any]:
+    """`agent` and `deployment` of an AgentTarget's status (reads only)."""
     agent = await store.agent_by_name(agent_name, cluster_name)
-    agent_status = agent_target_agent_status(agent)
-    if stack_id is None:
-        await store.set_agent_target(owner, None, agent_name, cluster_name)
-        raise Waiting(
-            "StackNotFound",
-            f"Stack {namespace}/{stack_name} does not exist; waiting for it",
-            {"agent": agent_status},
-        )
-    try:
-        target_id = await store.set_agent_target(owner, stack_id, agent_name, cluster_name)
-    except Conflict as exc:
-        raise InvalidSpec("DuplicateTarget", str(exc)) from exc
+    status: dict[str, Any] = {"stackId": str(stack_id), "agent": agent_target_agent_status(agent)}
     latest = await store.latest_deployment_object(stack_id)
     rows = await store.target_rows(stack_id, agent_name, cluster_name)
-    status: dict[str, Any] = {"targetId": str(target_id), "stackId": str(stack_id), "agent": agent_status}
     if rows:
         state, sequence_id, message = target_state(latest, rows[0])
         deployment: dict[str, Any] = {"state": state, "message": message}
@@ -163,7 +156,37 @@ async def reconcile_agent_target(store: Store, body: Mapping[str, Any]) -> Resul
         if rows[0].event_time is not None:
             deployment["lastEventTime"] = rfc3339(rows[0].event_time)
         status["deployment"] = deployment
-    registered = "registered" if agent else "not registered yet"
+    return status
+
+
+async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The status an AgentTarget should show now, without writing anything; None when its Stack is missing."""
+    namespace, stack_name, agent_name, cluster_name = _target_spec(body)
+    stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
+    if stack_id is None:
+        return None
+    return await target_status(store, stack_id, agent_name, cluster_name)
+
+
+async def reconcile_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
+    """Make the target row match the spec and report its status."""
+    namespace, stack_name, agent_name, cluster_name = _target_spec(body)
+    owner = _uid(body)
+    stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
+    if stack_id is None:
+        await store.set_agent_target(owner, None, agent_name, cluster_name)
+        agent = await store.agent_by_name(agent_name, cluster_name)
+        raise Waiting(
+            "StackNotFound",
+            f"Stack {namespace}/{stack_name} does not exist; waiting for it",
+            {"agent": agent_target_agent_status(agent)},
+        )
+    try:
+        target_id = await store.set_agent_target(owner, stack_id, agent_name, cluster_name)
+    except Conflict as exc:
+        raise InvalidSpec("DuplicateTarget", str(exc)) from exc
+    status = {"targetId": str(target_id), **await target_status(store, stack_id, agent_name, cluster_name)}
+    registered = "registered" if status["agent"]["registered"] else "not registered yet"
     return Result(ready_outcome(f"targets agent {agent_name} in cluster {cluster_name} ({registered})"), status)
 
 

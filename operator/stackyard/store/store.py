@@ -252,7 +252,10 @@ class Store:
                 await conn.execute(
                     "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT (id) DO UPDATE SET agent_name = EXCLUDED.agent_name,"
-                    " cluster_name = EXCLUDED.cluster_name",
+                    " cluster_name = EXCLUDED.cluster_name"
+                    # no write (and so no NOTIFY waking every long-poll) when nothing changes
+                    " WHERE (agent_targets.agent_name, agent_targets.cluster_name)"
+                    " IS DISTINCT FROM (EXCLUDED.agent_name, EXCLUDED.cluster_name)",
                     (target_id, stack_id, agent_name, cluster_name),
                 )
             except psycopg.errors.UniqueViolation as exc:
