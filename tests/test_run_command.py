@@ -91,3 +91,18 @@ async def test_run_reconciles_serves_metrics_and_health_and_stops_cleanly(kube_s
             out, err = proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert "Traceback" not in err
+
+
+def test_the_kube_client_accepts_kubeconfig_style_base64_certificates():
+    """kind's kubeconfig embeds base64 CA data: the client must decode it (Kopf's as_ssl_context does)."""
+    import base64
+    from pathlib import Path
+
+    import kopf
+
+    from stackyard.kube import KubeClient
+
+    pem = (Path(__file__).parent / "data" / "test-ca.pem").read_bytes()  # a throwaway self-signed test CA
+    info = kopf.ConnectionInfo(server="https://127.0.0.1:6443", ca_data=base64.b64encode(pem).decode())
+    client = KubeClient(info)
+    assert client._ssl is not False and client._ssl.verify_mode.name == "CERT_REQUIRED"

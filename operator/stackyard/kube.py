@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,29 +50,6 @@ class ApiResource:
         return base
 
 
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
-    if info.insecure:
-        return False
-    context = ssl.create_default_context()
-    if info.ca_path:
-        context.load_verify_locations(cafile=info.ca_path)
-    elif info.ca_data:
-        data = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
-        context.load_verify_locations(cadata=data)
-    cert, key = info.certificate_path, info.private_key_path
-    if info.certificate_data and info.private_key_data:
-        # ssl wants files; keep them for the life of the context
-        cert_file = tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False)
-        key_file = tempfile.NamedTemporaryFile("wb", suffix=".key", delete=False)
-        for handle, data in ((cert_file, info.certificate_data), (key_file, info.private_key_data)):
-            handle.write(data if isinstance(data, bytes) else data.encode())
-            handle.close()
-        cert, key = cert_file.name, key_file.name
-    if cert:
-        context.load_cert_chain(certfile=cert, keyfile=key)
-    return context
-
-
 class KubeClient:
     """Async JSON client for one API server."""
 
@@ -88,7 +63,8 @@ class KubeClient:
             raw = f"{info.username}:{info.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         self._headers = headers
-        self._ssl = _ssl_context(info) if self.server.startswith("https") else False
+        # Kopf builds the context (CA and client certificates, base64 kubeconfig data decoded, insecure honoured).
+        self._ssl = info.as_ssl_context() if self.server.startswith("https") else False
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._discovery: dict[tuple[str, str], ApiResource] = {}
