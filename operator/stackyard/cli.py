@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from . import __version__
 from .logs import setup_logging
@@ -44,7 +45,9 @@ def add_database(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--data-dir", "data directory of the embedded PostgreSQL", DEFAULT_DATA_DIR)
 
 
-def cmd_db_migrate(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def migrated_database(args: argparse.Namespace) -> Iterator[str]:
+    """The database URL of `--database-url` (or the embedded server's), migrated to the current schema."""
     from .store import migrate
     from .store.location import database_url
 
@@ -54,7 +57,12 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
             log.info("applied migrations %s", ", ".join(f"{v:04d}" for v in applied))
         else:
             log.info("schema is up to date; nothing to apply")
-    return 0
+        yield url
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    with migrated_database(args):
+        return 0
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
@@ -81,12 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import OperatorConfig
     from .durations import duration_seconds, parse_duration
     from .serve import RunAddresses, run_all
-    from .store import migrate
-    from .store.location import database_url
-
     namespaces = [ns for value in args.namespace or [] for ns in value.split(",") if ns]
-    with database_url(args.database_url, args.data_dir) as url:
-        migrate(url)
+    with migrated_database(args) as url:
         config = OperatorConfig(
             database_url=url,
             namespaces=namespaces,
@@ -109,11 +113,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     import asyncio
 
     from .serve import run_api
-    from .store import migrate
-    from .store.location import database_url
 
-    with database_url(args.database_url, args.data_dir) as url:
-        migrate(url)
+    with migrated_database(args) as url:
         asyncio.run(run_api(url, args.api_address, args.metrics_address, int(args.pool_size)))
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 
 import kopf
 
@@ -30,7 +29,6 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
     def __init__(self, prefix: str = "stackyard.dev"):
         super().__init__(prefix=prefix, key=DIGEST_KEY, v1=False)
-        self._digests: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def build(self, *, body, extra_fields=None):  # type: ignore[no-untyped-def]
         essence = super().build(body=body, extra_fields=extra_fields)
@@ -46,22 +44,9 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         if stored is None:
             return None
         current = self.build(body=body)
-        if stored.strip() == self._digest_of(body, current):
+        if stored.strip() == essence_digest(current):
             return current
         return {**current, CHANGED_MARKER: True}
-
-    def _digest_of(self, body, essence) -> str:  # type: ignore[no-untyped-def]
-        """The essence digest, remembered per object version (bodies do not change within a resourceVersion)."""
-        meta = body.get("metadata", {})
-        key = (meta.get("uid", ""), meta.get("resourceVersion", ""))
-        if not key[1]:
-            return essence_digest(essence)
-        digest = self._digests.get(key)
-        if digest is None:
-            digest = self._digests[key] = essence_digest(essence)
-            if len(self._digests) > 4096:
-                self._digests.popitem(last=False)
-        return digest
 
     def store(self, *, body, patch, essence):  # type: ignore[no-untyped-def]
         for full_key in self.make_keys(self.key, body=body):
