@@ -73,7 +73,15 @@ class Emulator(kmock.KubernetesEmulator):
         except Exception:
             return False
 
+    def count(self, method: str | None = None, path_contains: str = "") -> int:
+        """How many requests were served (optionally of one method, on paths containing a string)."""
+        served: collections.Counter = self.__dict__.setdefault("_served", collections.Counter())
+        return sum(n for (m, path), n in served.items() if (method is None or m == method) and path_contains in path)
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        served: collections.Counter = self.__dict__.setdefault("_served", collections.Counter())
+        method = request.method.value.upper() if hasattr(request.method, "value") else str(request.method).upper()
+        served[(method, request.url.path)] += 1
         match = NAMESPACE_PATH.match(request.url.path)
         if match is not None:
             return await self._namespaces(request, match.group(1))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,7 @@ class BrokerClient:
 
     async def _call(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float | None = None
-    ) -> tuple[int, dict[str, str], Any]:
+    ) -> tuple[int, Mapping[str, str], Any]:
         all_headers = {"Authorization": f"Bearer {self.read_key()}", **(headers or {})}
         try:
             async with self._session_now().request(
@@ -57,7 +57,8 @@ class BrokerClient:
                 if response.status >= 400 and response.status != 304:
                     message = payload.get("message") if isinstance(payload, dict) else text[:200]
                     raise BrokerError(response.status, str(message))
-                return response.status, dict(response.headers), payload
+                # aiohttp's headers are case-insensitive; a plain dict is not (the server sends "Etag").
+                return response.status, response.headers.copy(), payload
         except aiohttp.ClientError as exc:
             raise BrokerError(0, str(exc) or type(exc).__name__) from None
         except TimeoutError:
