@@ -23,24 +23,20 @@ from ..config import FINALIZER, GROUP, VERSION, OperatorConfig
 from ..kube import KubeClient, KubeError
 from ..metrics import Metrics
 from ..store import Store
-from .conditions import Outcome, conditions_for, now_rfc3339, retrying_outcome, stalled_outcome
+from .conditions import Outcome, now_rfc3339, retrying_outcome, stalled_outcome
+from .mirror import Mirror, register_indexes, report_failures
+from .observe import agent_status_patch, agent_target_status_patch, stack_status_patch, with_outcome
 from .reconcile import (
     Result,
-    Waiting,
-    agent_heartbeat_status,
     delete_agent,
     delete_agent_target,
     delete_stack,
-    observe_agent_target,
     reconcile_agent,
     reconcile_agent_target,
     reconcile_stack,
     retarget,
-    stack_target_status,
 )
 from .render import InvalidSpec
-from .mirror import TARGET_KEYS, Mirror, register_indexes
-from .status import heartbeat_is_old, visible
 from .storage import DigestDiffBaseStorage
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout, KubeError)
@@ -56,6 +52,7 @@ class Context:
     store: Store | None = None
     kube: KubeClient | None = None
     retired_clients: list[KubeClient] = field(default_factory=list)
+    mirror: Mirror | None = None
     mirror_task: asyncio.Task | None = None
 
     def require_store(self) -> Store:
@@ -74,6 +71,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP, v1=False)
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=GROUP)
+    # Log records of WARNING and above become Kubernetes Events (Kopf posts none unless `loggers` is on);
+    # Normal milestones are posted explicitly (see `post_milestones`), never one per heartbeat.
+    settings.posting.loggers = True
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "stackyard"
     settings.peering.standalone = True
@@ -89,12 +89,13 @@ def retry_delay(retry: int) -> float:
 def write_outcome(patch: kopf.Patch, body: Mapping[str, Any], outcome: Outcome, fields: Mapping[str, Any]) -> None:
     """Put status fields, conditions and observedGeneration into the patch."""
     generation = body.get("metadata", {}).get("generation")
-    previous = (body.get("status") or {}).get("conditions")
-    for key, value in fields.items():
+    for key, value in with_outcome(Result(outcome, dict(fields)), generation, body.get("status") or {}).items():
         patch.status[key] = value
-    patch.status["conditions"] = conditions_for(outcome, generation, previous)
-    if generation is not None:
-        patch.status["observedGeneration"] = generation
+
+
+def post_milestones(body: Mapping[str, Any], result: Result) -> None:
+    for milestone in result.milestones:
+        kopf.event(body, type="Normal", reason=milestone.reason, message=milestone.message)
 
 
 async def run_reconcile(
@@ -116,22 +117,22 @@ async def run_reconcile(
         write_outcome(patch, body, stalled_outcome(exc.reason, exc.message), {})
         logger.warning("%s is stalled (%s): %s", kind, exc.reason, exc.message)
         raise kopf.PermanentError(f"{exc.reason}: {exc.message}") from None
-    except Waiting as exc:
-        ctx.metrics.reconcile_total.labels(kind, "waiting").inc()
-        write_outcome(patch, body, retrying_outcome(exc.reason, exc.message, ready="False"), exc.status)
-        logger.info("%s is waiting (%s): %s", kind, exc.reason, exc.message)
-        raise kopf.TemporaryError(exc.message, delay=retry_delay(retry)) from None
     except TRANSIENT_ERRORS as exc:
         reason = "KubernetesAPIError" if isinstance(exc, KubeError) else "DatabaseUnavailable"
         ctx.metrics.reconcile_total.labels(kind, "retry").inc()
         ctx.metrics.reconcile_errors_total.labels(kind, reason).inc()
         write_outcome(patch, body, retrying_outcome(reason, f"will retry: {exc}"), {})
-        logger.error("%s reconcile failed (%s), retrying: %s", kind, reason, exc)
+        logger.warning("%s reconcile failed (%s), retrying: %s", kind, reason, exc)
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
     finally:
         ctx.metrics.reconcile_duration_seconds.labels(kind).observe(time.monotonic() - started)
-    ctx.metrics.reconcile_total.labels(kind, "success").inc()
+    if result.outcome.ready == "True":
+        ctx.metrics.reconcile_total.labels(kind, "success").inc()
+    else:  # an expected wait (a dependency that does not exist yet): INFO, no retry loop
+        ctx.metrics.reconcile_total.labels(kind, "waiting").inc()
+        logger.info("%s is waiting (%s): %s", kind, result.outcome.reason, result.outcome.message)
     write_outcome(patch, body, result.outcome, result.status)
+    post_milestones(body, result)
 
 
 async def run_delete(ctx: Context, kind: str, logger: logging.Logger, retry: int, work: Callable[[], Awaitable[None]]) -> None:
@@ -179,6 +180,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
             targets_by_agent=kwargs["targets_by_agent"],
             agents_by_uid=kwargs["agents_by_uid"],
         )
+        ctx.mirror = mirror
         ctx.mirror_task = asyncio.create_task(mirror.run(), name="status-mirror")
         logger.info("store opened; status mirror started")
 
@@ -227,6 +229,8 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
             targets = [t["body"] for t in targets_by_stack.get(key, [])]
             await retarget(store, uuid.UUID(body["metadata"]["uid"]), targets)
+            if targets and ctx.mirror is not None:
+                ctx.mirror.note_targets_of(*key)  # they may have been waiting for this Stack
             return result
 
         await run_reconcile(ctx, "Stack", body, patch, logger, retry, work)
@@ -234,20 +238,19 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.on.delete(GROUP, VERSION, "stacks", registry=registry)
     async def stack_deleted(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
         await run_delete(ctx, "Stack", logger, retry, lambda: delete_stack(ctx.require_store(), body))
+        if ctx.mirror is not None:
+            ctx.mirror.note_targets_of(body["metadata"]["namespace"], body["metadata"]["name"])
 
     @kopf.timer(GROUP, VERSION, "stacks", interval=config.resync_interval, idle=config.resync_interval, registry=registry)
     @tolerant
     async def stack_resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        recorded = (body.get("status") or {}).get("stackId")
-        if not recorded:
+        previous = body.get("status") or {}
+        if not previous.get("stackId"):
             return
-        stack_id = uuid.UUID(recorded)
-        store = ctx.require_store()
-        latest = await store.latest_deployment_object(stack_id)
-        status = await stack_target_status(store, stack_id, latest, body.get("status") or {}, now_rfc3339())
-        if visible(status, ("targets", "agents")) != visible(body.get("status") or {}, ("targets", "agents")):
-            for key, value in status.items():
-                patch.status[key] = value
+        status = await stack_status_patch(ctx.require_store(), uuid.UUID(previous["stackId"]), previous)
+        if status is not None:
+            patch.status.update(status)
+            report_failures(body, previous.get("agents"), status["agents"])
             metrics.status_patches_total.labels("Stack").inc()
 
     # AgentTarget ------------------------------------------------------------------------
@@ -258,28 +261,33 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     async def agent_target_changed(
         body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any
     ) -> None:
-        await run_reconcile(
-            ctx, "AgentTarget", body, patch, logger, retry, lambda: reconcile_agent_target(ctx.require_store(), body)
-        )
+        async def work() -> Result:
+            result = await reconcile_agent_target(ctx.require_store(), body)
+            note_stacks(body, result.status.get("stackId"))
+            return result
+
+        await run_reconcile(ctx, "AgentTarget", body, patch, logger, retry, work)
 
     @kopf.on.delete(GROUP, VERSION, "agenttargets", registry=registry)
     async def agent_target_deleted(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
         await run_delete(ctx, "AgentTarget", logger, retry, lambda: delete_agent_target(ctx.require_store(), body))
+        note_stacks(body)
+
+    def note_stacks(body: kopf.Body, *stack_ids: str | None) -> None:
+        """The Stacks an AgentTarget pointed at and points at now show the change in their status promptly."""
+        if ctx.mirror is not None:
+            for stack_id in {(body.get("status") or {}).get("stackId"), *stack_ids}:
+                if stack_id:
+                    ctx.mirror.note_stack(uuid.UUID(stack_id))
 
     @kopf.timer(
         GROUP, VERSION, "agenttargets", interval=config.resync_interval, idle=config.resync_interval, registry=registry
     )
     @tolerant
-    async def agent_target_resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-        if not (body.get("status") or {}).get("targetId"):
-            return  # not reconciled successfully yet; the handler's own retries cover it
-        try:
-            status = await observe_agent_target(ctx.require_store(), body)  # reads only
-        except InvalidSpec:
-            return  # a spec-level problem is the update handler's business
-        if status is not None and visible(status, TARGET_KEYS) != visible(body.get("status") or {}, TARGET_KEYS):
-            for key, value in status.items():
-                patch.status[key] = value
+    async def agent_target_resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        status = await agent_target_status_patch(ctx.require_store(), body, body.get("status") or {})
+        if status is not None:
+            patch.status.update(status)
             metrics.status_patches_total.labels("AgentTarget").inc()
 
     # Agent ----------------------------------------------------------------------------------
@@ -306,16 +314,11 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @tolerant
     async def agent_phase_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         previous = body.get("status") or {}
-        agent_id = previous.get("agentId")
-        if not agent_id:
+        if not previous.get("agentId"):
             return
-        agent = await ctx.require_store().get_agent(uuid.UUID(agent_id))
-        if agent is None:
-            return
-        status = agent_heartbeat_status(agent.last_heartbeat, config)
-        if status["phase"] != previous.get("phase") or heartbeat_is_old(previous, status, config.status_throttle):
-            for key, value in status.items():
-                patch.status[key] = value
+        status = await agent_status_patch(ctx.require_store(), uuid.UUID(previous["agentId"]), previous, config)
+        if status is not None:
+            patch.status.update(status)
             metrics.status_patches_total.labels("Agent").inc()
 
     return registry

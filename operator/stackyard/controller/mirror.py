@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +26,8 @@ from ..config import GROUP, VERSION
 from ..kube import ApiResource, KubeError
 from ..store import Store
 from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, listen_forever
-from .conditions import now_rfc3339
-from .reconcile import agent_heartbeat_status, observe_agent_target, stack_target_status
-from .render import InvalidSpec
-from .status import heartbeat_is_old, last_event_status, visible
+from .observe import agent_status_patch, agent_target_status_patch, stack_status_patch
+from .status import newly_failed
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +35,6 @@ STACKS = ApiResource(f"{GROUP}/{VERSION}", "Stack", "stacks", True)
 AGENT_TARGETS = ApiResource(f"{GROUP}/{VERSION}", "AgentTarget", "agenttargets", True)
 AGENTS = ApiResource(f"{GROUP}/{VERSION}", "Agent", "agents", True)
 COALESCE_SECONDS = 0.05
-TARGET_KEYS = ("stackId", "agent", "deployment")
 
 
 def first(index: Any, key: Any) -> Any:
@@ -65,6 +62,7 @@ class Mirror:
     agents_by_uid: Any
     dirty_agents: dict[uuid.UUID, float] = field(default_factory=dict)
     dirty_stacks: dict[uuid.UUID, float] = field(default_factory=dict)
+    dirty_target_refs: dict[tuple[str, str], float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     listening: bool = False
 
@@ -114,10 +112,23 @@ class Mirror:
         """Write the status of everything noted since the last flush."""
         agents, self.dirty_agents = self.dirty_agents, {}
         stacks, self.dirty_stacks = self.dirty_stacks, {}
+        target_refs, self.dirty_target_refs = self.dirty_target_refs, {}
         for stack_id, at in stacks.items():
             await self._mirror_stack(stack_id, at)
+        for key, at in target_refs.items():
+            await self._mirror_targets(self.targets_by_stack, key, at)
         for agent_id, at in agents.items():
             await self._mirror_agent(agent_id, at)
+
+    def note_stack(self, stack_id: uuid.UUID) -> None:
+        """Recompute a Stack's status (and its AgentTargets') soon: its targets changed."""
+        self.dirty_stacks.setdefault(stack_id, time.time())
+        self.wake.set()
+
+    def note_targets_of(self, namespace: str, stack_name: str) -> None:
+        """Recompute the status of the AgentTargets naming this Stack soon: it appeared, changed or went."""
+        self.dirty_target_refs.setdefault((namespace, stack_name), time.time())
+        self.wake.set()
 
     async def _patch_status(self, resource: ApiResource, namespace: str, name: str, status: dict[str, Any], at: float) -> None:
         try:
@@ -131,14 +142,14 @@ class Mirror:
 
     async def _mirror_stack(self, stack_id: uuid.UUID, at: float) -> None:
         indexed = first(self.stacks_by_uid, str(stack_id))
-        if indexed is not None:
-            previous = indexed["status"]
-            latest = await self.store.latest_deployment_object(stack_id)
-            status = await stack_target_status(self.store, stack_id, latest, previous, now_rfc3339())
-            keys = ("targets", "agents")
-            if visible(status, keys) != visible(previous, keys):
-                await self._patch_status(STACKS, indexed["namespace"], indexed["name"], status, at)
-            await self._mirror_targets(self.targets_by_stack, (indexed["namespace"], indexed["name"]), at)
+        if indexed is None:
+            return
+        previous = indexed["status"]
+        status = await stack_status_patch(self.store, stack_id, previous)
+        if status is not None:
+            await self._patch_status(STACKS, indexed["namespace"], indexed["name"], status, at)
+            report_failures(indexed["ref"], previous.get("agents"), status["agents"])
+        await self._mirror_targets(self.targets_by_stack, (indexed["namespace"], indexed["name"]), at)
 
     async def _mirror_targets(self, index: Any, key: Any, at: float) -> None:
         try:
@@ -146,16 +157,8 @@ class Mirror:
         except KeyError:
             return
         for target in targets:
-            previous = target["status"]
-            if not previous.get("targetId"):
-                continue  # not reconciled yet: the handler owns it
-            try:
-                status = await observe_agent_target(self.store, target["body"])
-            except InvalidSpec:
-                continue
-            if status is None:
-                continue  # the Stack is gone: the handler owns that
-            if visible(status, TARGET_KEYS) != visible(previous, TARGET_KEYS):
+            status = await agent_target_status_patch(self.store, target["body"], target["status"])
+            if status is not None:
                 meta = target["body"]["metadata"]
                 await self._patch_status(AGENT_TARGETS, meta["namespace"], meta["name"], status, at)
 
@@ -165,15 +168,18 @@ class Mirror:
             return
         indexed = first(self.agents_by_uid, str(agent_id))
         if indexed is not None:
-            previous = indexed["status"]
-            status = agent_heartbeat_status(agent.last_heartbeat, self.config)
-            event = await self.store.last_event(agent_id)
-            if event is not None:
-                status["lastEvent"] = last_event_status(event)
-            keys = ("phase", "lastEvent")
-            if visible(status, keys) != visible(previous, keys) or heartbeat_is_old(previous, status, self.config.status_throttle):
+            status = await agent_status_patch(self.store, agent_id, indexed["status"], self.config)
+            if status is not None:
                 await self._patch_status(AGENTS, indexed["namespace"], indexed["name"], status, at)
         await self._mirror_targets(self.targets_by_agent, (agent.name, agent.cluster_name), at)
+
+
+def report_failures(ref: Mapping[str, Any], before: Any, after: list[dict[str, Any]]) -> None:
+    """A Warning Event on the Stack for each agent that newly failed to apply (not once per heartbeat)."""
+    for entry in newly_failed(before, after):
+        kopf.event(ref, type="Warning", reason="ApplyFailed",
+                   message=f"agent {entry['agentName']} in cluster {entry['clusterName']} failed to apply"
+                           f" sequence {entry.get('sequenceId')}: {entry['message']}")
 
 
 def register_indexes(registry: kopf.OperatorRegistry) -> None:
@@ -185,7 +191,10 @@ def register_indexes(registry: kopf.OperatorRegistry) -> None:
             "namespace": meta["namespace"],
             "name": meta["name"],
             "status": dict(body.get("status") or {}),
-            "body": {"metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"]},
+            "ref": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                    "metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"]}},
+            "body": {"metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"],
+                                  "generation": meta.get("generation")},
                      "spec": dict(body.get("spec") or {})},
         }
 

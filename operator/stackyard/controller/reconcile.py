@@ -1,9 +1,11 @@
 """What reconciling each kind means, over the store and the Kubernetes client.
 
 Each function takes the object's body and returns an Outcome plus the status
-fields to write; it raises InvalidSpec for input that retrying cannot fix,
-Waiting for conditions that will resolve on their own, and lets transient
-errors (database or API server unavailable) propagate to be retried.
+fields to write; it raises InvalidSpec for input that retrying cannot fix and
+lets transient errors (database or API server unavailable) propagate to be
+retried. A missing dependency (an AgentTarget's Stack) is an outcome, not an
+error: the object waits with Ready=False until the dependency's own reconcile
+brings it forward (see docs/architecture.md, "Status").
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any
 from .. import pak
 from ..config import FIELD_MANAGER, GROUP, ROTATE_PAK_ANNOTATION, VERSION, OperatorConfig
 from ..kube import SECRETS, KubeClient
-from ..store import Conflict, Store
-from .conditions import Outcome, ready_outcome
+from ..store import Conflict, Store, target_row_id
+from .conditions import Outcome, ready_outcome, retrying_outcome
 from .render import InvalidSpec, render_stack, required_name, validate_annotations, validate_labels
 from .status import (
     agent_phase,
@@ -32,20 +34,19 @@ from .status import (
 )
 
 
-class Waiting(Exception):
-    """A dependency is missing; retry later (Ready=False with `reason`, Reconciling=True)."""
+@dataclass(frozen=True)
+class Milestone:
+    """A Normal Kubernetes Event worth posting: something a person would want in `kubectl describe`."""
 
-    def __init__(self, reason: str, message: str, status: Mapping[str, Any] | None = None):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.status = dict(status or {})
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
 class Result:
     outcome: Outcome
     status: dict[str, Any]
+    milestones: tuple[Milestone, ...] = ()
 
 
 def _uid(body: Mapping[str, Any]) -> uuid.UUID:
@@ -89,7 +90,8 @@ async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tu
     status["stackId"] = str(stack_id)
     status["deploymentObject"] = deployment_object_status(do, count)
     outcome = ready_outcome(f"sequence {do.sequence_id} stored ({count} resources)")
-    return Result(outcome, status), emitted.created
+    milestones = (Milestone("Emitted", f"deployment object sequence {do.sequence_id} emitted ({count} resources)"),)
+    return Result(outcome, status, milestones if emitted.created else ()), emitted.created
 
 
 async def stack_target_status(
@@ -143,9 +145,9 @@ def _target_spec(body: Mapping[str, Any]) -> tuple[str, str, str, str]:
 
 
 async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, cluster_name: str) -> dict[str, Any]:
-    """`agent` and `deployment` of an AgentTarget's status (reads only)."""
+    """`stackId`, `agent` and `deployment` of an AgentTarget's status (reads only)."""
     agent = await store.agent_by_name(agent_name, cluster_name)
-    status: dict[str, Any] = {"stackId": str(stack_id), "agent": agent_target_agent_status(agent)}
+    status: dict[str, Any] = {"stackId": str(stack_id), "agent": agent_target_agent_status(agent), "deployment": None}
     latest = await store.latest_deployment_object(stack_id)
     rows = await store.target_rows(stack_id, agent_name, cluster_name)
     if rows:
@@ -159,35 +161,34 @@ async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, clus
     return status
 
 
-async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The status an AgentTarget should show now, without writing anything; None when its Stack is missing."""
+async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
+    """The outcome and status an AgentTarget should show now, without writing anything.
+
+    Keys set to None are cleared by the merge patch (a Stack that is gone leaves
+    no stale deployment state behind).
+    """
     namespace, stack_name, agent_name, cluster_name = _target_spec(body)
     stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
     if stack_id is None:
-        return None
-    return await target_status(store, stack_id, agent_name, cluster_name)
+        agent = await store.agent_by_name(agent_name, cluster_name)
+        status = {"targetId": None, "stackId": None, "deployment": None, "agent": agent_target_agent_status(agent)}
+        message = f"Stack {namespace}/{stack_name} does not exist; waiting for it"
+        return Result(retrying_outcome("StackNotFound", message, ready="False"), status)
+    status = {"targetId": str(target_row_id(_uid(body), stack_id)),
+              **await target_status(store, stack_id, agent_name, cluster_name)}
+    registered = "registered" if status["agent"]["registered"] else "not registered yet"
+    return Result(ready_outcome(f"targets agent {agent_name} in cluster {cluster_name} ({registered})"), status)
 
 
 async def reconcile_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
     """Make the target row match the spec and report its status."""
     namespace, stack_name, agent_name, cluster_name = _target_spec(body)
-    owner = _uid(body)
     stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
-    if stack_id is None:
-        await store.set_agent_target(owner, None, agent_name, cluster_name)
-        agent = await store.agent_by_name(agent_name, cluster_name)
-        raise Waiting(
-            "StackNotFound",
-            f"Stack {namespace}/{stack_name} does not exist; waiting for it",
-            {"agent": agent_target_agent_status(agent)},
-        )
     try:
-        target_id = await store.set_agent_target(owner, stack_id, agent_name, cluster_name)
+        await store.set_agent_target(_uid(body), stack_id, agent_name, cluster_name)
     except Conflict as exc:
         raise InvalidSpec("DuplicateTarget", str(exc)) from exc
-    status = {"targetId": str(target_id), **await target_status(store, stack_id, agent_name, cluster_name)}
-    registered = "registered" if status["agent"]["registered"] else "not registered yet"
-    return Result(ready_outcome(f"targets agent {agent_name} in cluster {cluster_name} ({registered})"), status)
+    return await observe_agent_target(store, body)
 
 
 async def delete_agent_target(store: Store, body: Mapping[str, Any]) -> None:
@@ -264,7 +265,12 @@ async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig
     if event is not None:
         status["lastEvent"] = last_event_status(event)
     message = f"registered as {agent_name} in cluster {cluster_name}" + ("; API key issued" if issued else "")
-    return Result(ready_outcome(message), status)
+    milestones = ()
+    if issued:
+        what = "rotated: the previous key no longer works" if rotate else "issued"
+        milestones = (Milestone("KeyRotated" if rotate else "KeyIssued",
+                                f"API key {key_id} {what}; Secret {pak_secret_name(meta['name'])}"),)
+    return Result(ready_outcome(message), status, milestones)
 
 
 def agent_heartbeat_status(last_heartbeat: datetime | None, config: OperatorConfig) -> dict[str, Any]:

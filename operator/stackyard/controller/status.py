@@ -91,6 +91,19 @@ def agents_status(
     return counts, entries[:MAX_AGENTS_IN_STATUS]
 
 
+def newly_failed(before: Any, after: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Entries of a Stack's `agents` list that are Failed now and were not Failed at that sequence before."""
+    old = {(p.get("agentName"), p.get("clusterName")): p for p in before or () if isinstance(p, Mapping)}
+    found = []
+    for entry in after:
+        previous = old.get((entry.get("agentName"), entry.get("clusterName")))
+        if entry.get("state") == "Failed" and (
+            previous is None or previous.get("state") != "Failed" or previous.get("sequenceId") != entry.get("sequenceId")
+        ):
+            found.append(entry)
+    return found
+
+
 def agent_phase(last_heartbeat: datetime | None, now: datetime, stale_after: float) -> str:
     """Pending until the first heartbeat, Active, then Stale after `stale_after` seconds of silence."""
     if last_heartbeat is None:

@@ -14,6 +14,7 @@ from .store import (
     Store,
     StoreError,
     sha256_hex,
+    target_row_id,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "StoreError",
     "migrate",
     "sha256_hex",
+    "target_row_id",
 ]

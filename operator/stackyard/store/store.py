@@ -35,6 +35,11 @@ class NotTargeted(StoreError):
         self.ids = list(ids)
 
 
+def target_row_id(owner_uid: uuid.UUID, stack_id: uuid.UUID) -> uuid.UUID:
+    """The id of the target row an AgentTarget resource keeps on a stack (derived, so it can be known without a read)."""
+    return uuid.uuid5(owner_uid, str(stack_id))
+
+
 def sha256_hex(text: str) -> str:
     """Hex sha256 of UTF-8 text, as stored in `yaml_checksum`."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -238,7 +243,7 @@ class Store:
         derived from the owner uid and the stack id, so a Stack re-created under
         the same name gets a new row while the old one stays.
         """
-        target_id = uuid.uuid5(owner_uid, str(stack_id)) if stack_id else None
+        target_id = target_row_id(owner_uid, stack_id) if stack_id else None
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "DELETE FROM agent_targets t USING annotations a, stacks s"

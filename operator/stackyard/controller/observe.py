@@ -1,0 +1,78 @@
+"""One status path per kind: what a resource's status should show now, and the patch when people would see a change.
+
+The reconcile handlers, the resync timers and the status mirror all call these,
+so the rules for "visibly changed" live in one place (docs/architecture.md, "Status").
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import OperatorConfig
+from ..store import Store
+from .conditions import conditions_for, now_rfc3339
+from .reconcile import Result, agent_heartbeat_status, observe_agent_target, stack_target_status
+from .render import InvalidSpec
+from .status import heartbeat_is_old, last_event_status, visible
+
+STACK_KEYS = ("targets", "agents")
+TARGET_KEYS = ("targetId", "stackId", "agent", "deployment", "conditions")
+AGENT_KEYS = ("phase", "lastEvent")
+
+
+def with_outcome(result: Result, generation: int | None, previous: Mapping[str, Any]) -> dict[str, Any]:
+    """A result's status fields plus its conditions and observedGeneration."""
+    status = dict(result.status)
+    status["conditions"] = conditions_for(result.outcome, generation, previous.get("conditions"))
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
+
+
+def is_stalled(previous: Mapping[str, Any], generation: int | None) -> bool:
+    """True when the handler declared this generation Stalled: only a spec change moves it on."""
+    return previous.get("observedGeneration") == generation and any(
+        c.get("type") == "Stalled" and c.get("status") == "True" for c in previous.get("conditions") or ()
+    )
+
+
+async def stack_status_patch(store: Store, stack_id: uuid.UUID, previous: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Stack's `targets` and `agents` when they visibly differ from `previous`, else None."""
+    latest = await store.latest_deployment_object(stack_id)
+    status = await stack_target_status(store, stack_id, latest, previous, now_rfc3339())
+    return status if visible(status, STACK_KEYS) != visible(previous, STACK_KEYS) else None
+
+
+async def agent_target_status_patch(
+    store: Store, body: Mapping[str, Any], previous: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The AgentTarget's status when it visibly differs from `previous`, else None (also when Stalled)."""
+    generation = (body.get("metadata") or {}).get("generation")
+    if is_stalled(previous, generation):
+        return None
+    try:
+        result = await observe_agent_target(store, body)
+    except InvalidSpec:
+        return None  # a spec-level problem is the handler's business
+    status = with_outcome(result, generation, previous)
+    return status if visible(status, TARGET_KEYS) != visible(previous, TARGET_KEYS) else None
+
+
+async def agent_status_patch(
+    store: Store, agent_id: uuid.UUID, previous: Mapping[str, Any], config: OperatorConfig
+) -> dict[str, Any] | None:
+    """The Agent's phase, heartbeat and last event when visibly changed (heartbeat times at a coarse throttle)."""
+    agent = await store.get_agent(agent_id)
+    if agent is None:
+        return None
+    status = agent_heartbeat_status(agent.last_heartbeat, config)
+    event = await store.last_event(agent_id)
+    if event is not None:
+        status["lastEvent"] = last_event_status(event)
+    if visible(status, AGENT_KEYS) != visible(previous, AGENT_KEYS) or heartbeat_is_old(
+        previous, status, config.status_throttle
+    ):
+        return status
+    return None
