@@ -34,6 +34,7 @@ from kmock._internal import enums
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 
 
 def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
@@ -239,6 +240,11 @@ class Emulator(kmock.KubernetesEmulator):
     async def _update(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         key = (request.resource, request.namespace, request.name)
         content_type = request.headers.get("Content-Type", "")
+        if "apply-patch+yaml" in content_type and SURROGATE_ESCAPE.search(request.body):
+            # The API server parses an apply body as YAML (go-yaml), which refuses the UTF-16 surrogate
+            # escapes that JSON encoders write for characters outside the BMP (an emoji as "\ud83d\ude00").
+            return _status(400, "BadRequest",
+                           "error converting YAML to JSON: yaml: found invalid Unicode character escape code")
         async with self._lock:
             exists = key in self._objects and not self._objects[key].deleted
         if not exists:

@@ -56,3 +56,43 @@ def test_examples_are_valid(name, obj):
 
 def test_examples_cover_every_kind():
     assert {obj["kind"] for _, obj in examples()} == {"Stack", "AgentTarget", "Agent"}
+
+
+def _undescribed(schema: dict, path: str) -> list[str]:
+    missing = []
+    for name, sub in (schema.get("properties") or {}).items():
+        if name in ("apiVersion", "kind", "metadata"):
+            continue
+        if not sub.get("description"):
+            missing.append(f"{path}.{name}")
+        missing += _undescribed(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        missing += _undescribed(schema["items"], f"{path}[]")
+    return missing
+
+
+@pytest.mark.parametrize("crd", load_crds(), ids=lambda c: c["spec"]["names"]["kind"])
+def test_kubectl_explain_has_a_description_for_every_field(crd):
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert schema.get("description")
+    assert _undescribed(schema, crd["spec"]["names"]["kind"]) == []
+
+
+def test_default_printer_columns_show_failures_and_readiness():
+    def default_columns(kind: str) -> list[str]:
+        crd = next(c for c in load_crds() if c["spec"]["names"]["kind"] == kind)
+        return [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")]
+
+    assert {"Ready", "Applied", "Failed", "Targets"} <= set(default_columns("Stack"))
+    assert "Ready" in default_columns("AgentTarget"), "shown without -o wide"
+
+
+def test_the_effective_agent_name_cannot_change():
+    created = {"apiVersion": "stackyard.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "edge", "namespace": "a"},
+               "spec": {"clusterName": "eu-1"}}
+    renamed = {**created, "spec": {"clusterName": "eu-1", "agentName": "other"}}
+    spelled_out = {**created, "spec": {"clusterName": "eu-1", "agentName": "edge"}}
+    assert validate(renamed) == [] and validate(spelled_out) == []
+    assert any("immutable" in e for e in validate(renamed, created)), "setting agentName later renames the agent"
+    assert validate(spelled_out, created) == [], "writing the default out is no change"
+    assert any("immutable" in e for e in validate(created, renamed)), "dropping agentName falls back to the name"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from .api_harness import running_api
@@ -192,5 +194,22 @@ async def test_bad_yaml_is_a_failure_event_not_a_crash(api, cluster, target, tmp
         message = await eventually(failure)
         assert "YAML" in message
         assert not agent.task.done()
+    finally:
+        await agent.stop()
+
+
+async def test_text_outside_the_bmp_is_applied_as_kubectl_would(api, cluster, target, tmp_path):
+    target_server, target_view = target
+    text = {"emoji": "ship it 🚀😀", "cjk": "部署对象", "combining": "e\u0301 n\u0303", "rtl": "שלום"}
+    binary = base64.b64encode(bytes(range(1, 256))).decode()  # a binary Secret (no NUL byte)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "blob", "namespace": "apps"},
+              "type": "Opaque", "data": {"blob": binary}}
+    pak_file = await setup_loop(cluster, [configmap("u", text), secret], tmp_path)
+    agent = await start_agent(api.url, pak_file, target_server)
+    try:
+        await wait_applied(cluster, "web")
+        assert (await target_view.configmaps())["u"]["data"] == text
+        applied = await target_view.client.get("/api/v1/namespaces/apps/secrets/blob")
+        assert applied["data"] == {"blob": binary}
     finally:
         await agent.stop()

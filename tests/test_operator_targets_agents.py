@@ -139,3 +139,14 @@ async def test_two_agents_claiming_one_name_in_one_cluster_stall_the_second(oper
     await cluster.create(AGENTS, {"metadata": {"name": "b"}, "spec": {"clusterName": "eu-1", "agentName": "edge"}})
     stalled = await cluster.wait_condition(AGENTS, "b", "Stalled", "True")
     assert condition(stalled, "Ready")["reason"] == "AgentNameConflict"
+
+
+async def test_an_agent_cannot_be_renamed_by_setting_agent_name_later(operator, cluster, db):
+    # The CRD's CEL rule refuses this on a real API server; the emulator does not run CEL,
+    # so this checks the operator's own guard (the store refuses the rename).
+    await cluster.create(AGENTS, {"metadata": {"name": "edge-1"}, "spec": {"clusterName": "eu-1"}})
+    await cluster.wait_condition(AGENTS, "edge-1", "Ready", "True")
+    await cluster.patch(AGENTS, "edge-1", {"spec": {"agentName": "other"}})
+    stalled = await cluster.wait_condition(AGENTS, "edge-1", "Stalled", "True", reason="AgentNameImmutable")
+    assert condition(stalled, "Ready")["status"] == "False"
+    assert db.execute("SELECT name FROM agents").fetchall() == [("edge-1",)]

@@ -96,7 +96,9 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
     ) -> Any:
         """One API call; returns the decoded JSON or raises KubeError."""
-        data = None if body is None else json.dumps(body)
+        # Raw UTF-8, never \uXXXX escapes: an apply body is parsed as YAML, which refuses the surrogate
+        # pairs a JSON encoder writes for characters outside the BMP (emoji).
+        data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
         headers = {"Content-Type": content_type} if data is not None else None
         try:
             async with self._session_now().request(

@@ -82,6 +82,19 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
 
 
+def as_invalid_spec(exc: Exception) -> InvalidSpec | None:
+    """Errors that retrying cannot fix, as the Stalled reason they become; None for transient ones.
+
+    The API server's 4xx answers are permanent except 409 (conflict) and 429 (throttled);
+    a value the database cannot hold (too long, bad encoding) is permanent too.
+    """
+    if isinstance(exc, KubeError) and 400 <= exc.status < 500 and exc.status not in (409, 429):
+        return InvalidSpec("KubernetesAPIRejected", f"the API server refused a write ({exc.status} {exc.reason}): {exc.message}")
+    if isinstance(exc, psycopg.errors.DataError):
+        return InvalidSpec("ValueNotStorable", f"a value cannot be stored: {exc.diag.message_primary or exc}")
+    return None
+
+
 def retry_delay(retry: int) -> float:
     return min(2.0 ** retry, MAX_RETRY_DELAY)
 
@@ -110,7 +123,13 @@ async def run_reconcile(
     """Run one reconcile and record its outcome; the only place errors become conditions."""
     started = time.monotonic()
     try:
-        result = await work()
+        try:
+            result = await work()
+        except (KubeError, psycopg.errors.DataError) as exc:
+            permanent = as_invalid_spec(exc)
+            if permanent is None:
+                raise
+            raise permanent from exc
     except InvalidSpec as exc:
         ctx.metrics.reconcile_total.labels(kind, "stalled").inc()
         ctx.metrics.reconcile_errors_total.labels(kind, exc.reason).inc()

@@ -20,7 +20,7 @@ from typing import Any
 from .. import pak
 from ..config import FIELD_MANAGER, GROUP, ROTATE_PAK_ANNOTATION, VERSION, OperatorConfig
 from ..kube import SECRETS, KubeClient
-from ..store import Conflict, Store, target_row_id
+from ..store import Conflict, Immutable, Store, target_row_id
 from .conditions import Outcome, ready_outcome, retrying_outcome
 from .render import InvalidSpec, render_stack, required_name, validate_annotations, validate_labels
 from .status import (
@@ -198,6 +198,9 @@ async def delete_agent_target(store: Store, body: Mapping[str, Any]) -> None:
 # Agent ------------------------------------------------------------------------------------
 
 
+MAX_NAME_LENGTH = 253  # of a Kubernetes object name (a DNS subdomain)
+
+
 def pak_secret_name(agent_resource_name: str) -> str:
     return f"{agent_resource_name}-pak"
 
@@ -232,6 +235,9 @@ async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig
     """Register the agent row and issue its PAK (see below for when)."""
     spec = _spec(body)
     meta = body["metadata"]
+    if len(pak_secret_name(meta["name"])) > MAX_NAME_LENGTH:
+        raise InvalidSpec("NameTooLong", f"metadata.name leaves no room for the Secret {pak_secret_name('<name>')!r}:"
+                                         f" use at most {MAX_NAME_LENGTH - len(pak_secret_name(''))} characters")
     agent_name = required_name(spec.get("agentName") or meta["name"], "spec.agentName")
     cluster_name = required_name(spec.get("clusterName"), "spec.clusterName")
     labels = validate_labels(spec.get("labels"), "spec.labels")
@@ -240,6 +246,8 @@ async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig
         agent = await store.register_agent(_uid(body), agent_name, cluster_name, labels, annotations)
     except Conflict as exc:
         raise InvalidSpec("AgentNameConflict", str(exc)) from exc
+    except Immutable as exc:
+        raise InvalidSpec("AgentNameImmutable", str(exc)) from exc
     previous = body.get("status") or {}
     rotation = (meta.get("annotations") or {}).get(ROTATE_PAK_ANNOTATION)
     rotate = rotation is not None and rotation != previous.get("pakRotation")

@@ -27,6 +27,10 @@ class Conflict(StoreError):
     """The write would break a uniqueness rule; retrying will not help until input changes."""
 
 
+class Immutable(StoreError):
+    """The write would change a value that is fixed once the row exists."""
+
+
 class NotTargeted(StoreError):
     """An agent referred to deployment objects of stacks that are not targeted to it."""
 
@@ -297,20 +301,24 @@ class Store:
         labels: Iterable[str] = (),
         annotations: Mapping[str, str] | None = None,
     ) -> Agent:
-        """Create or update a live agent row with these labels and annotations."""
+        """Create or update a live agent row with these labels and annotations; Immutable on a rename."""
         async with self.pool.connection() as conn, conn.transaction():
             try:
                 cur = conn.cursor(row_factory=class_row(Agent))
                 agent = await (
                     await cur.execute(
                         "INSERT INTO agents (id, name, cluster_name) VALUES (%s, %s, %s)"
-                        " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, cluster_name = EXCLUDED.cluster_name"
+                        " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name"
+                        # name and cluster are fixed once the row exists: no row back means a rename was asked
+                        " WHERE (agents.name, agents.cluster_name) = (EXCLUDED.name, EXCLUDED.cluster_name)"
                         f" RETURNING {_AGENT_COLUMNS}",
                         (agent_id, name, cluster_name),
                     )
                 ).fetchone()
             except psycopg.errors.UniqueViolation as exc:
                 raise Conflict(f"another live agent is already called {name!r} in cluster {cluster_name!r}") from exc
+            if agent is None:
+                raise Immutable(f"agent {agent_id} is registered under another name or cluster; both are immutable")
             await _replace_metadata(conn, agent_id, labels, annotations or {})
             return agent
 
