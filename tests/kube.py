@@ -58,8 +58,66 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+ROLE_KINDS = {"roles": "roles", "clusterroles": "clusterroles"}
+BINDINGS = {"rolebindings", "clusterrolebindings"}
+
+
+def _covers(held: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(
+        (group in rule.get("apiGroups", ()) or "*" in rule.get("apiGroups", ()))
+        and (resource in rule.get("resources", ()) or "*" in rule.get("resources", ()))
+        and (verb in rule.get("verbs", ()) or "*" in rule.get("verbs", ()))
+        for rule in held
+    )
+
+
+def _all_covered(held: list[dict[str, Any]], rules: list[dict[str, Any]]) -> bool:
+    return all(
+        _covers(held, group, resource, verb)
+        for rule in rules or ()
+        for group in rule.get("apiGroups", [""])
+        for resource in rule.get("resources", [])
+        for verb in rule.get("verbs", [])
+    )
+
+
+def rules_of(path: Path) -> list[dict[str, Any]]:
+    """Every rule of every Role and ClusterRole in a manifest file: what its ServiceAccount holds."""
+    return [rule for doc in yaml.safe_load_all(path.read_text())
+            if doc and doc.get("kind") in ("Role", "ClusterRole") for rule in doc.get("rules", [])]
+
+
 class Emulator(kmock.KubernetesEmulator):
     """KubernetesEmulator with the object lifecycle a Kopf operator and an agent rely on."""
+
+    # The rules the (single) client holds, or None for cluster-admin. When set, writes of RBAC objects
+    # follow the API server's escalation prevention: a Role or ClusterRole may grant only permissions the
+    # requester holds, unless it holds `escalate` on roles/clusterroles; a binding may reference only a
+    # role whose permissions the requester holds, unless it holds `bind` on it.
+    # https://kubernetes.io/docs/reference/access-authn-authz/rbac/#privilege-escalation-prevention-and-bootstrapping
+    held_rules: list[dict[str, Any]] | None = None
+
+    def _escalation(self, request: kmock.Request, body: Any) -> aiohttp.web.StreamResponse | None:
+        resource = getattr(request.resource, "plural", None)
+        if self.held_rules is None or getattr(request.resource, "group", None) != RBAC_GROUP or not isinstance(body, dict):
+            return None
+        held = self.held_rules
+        if resource in ROLE_KINDS and not _covers(held, RBAC_GROUP, resource, "escalate"):
+            if not _all_covered(held, body.get("rules") or []):
+                return _status(403, "Forbidden", f"{resource} {request.name!r} is forbidden: user is attempting to"
+                                                  " grant RBAC permissions not currently held")
+        if resource in BINDINGS:
+            ref = body.get("roleRef") or {}
+            plural = "clusterroles" if ref.get("kind") == "ClusterRole" else "roles"
+            if not _covers(held, RBAC_GROUP, plural, "bind"):
+                namespace = None if plural == "clusterroles" else request.namespace
+                role = self._objects.get((kmock.resource(RBAC_GROUP, "v1", plural), namespace, ref.get("name")))
+                rules = role.raw.get("rules") if role is not None and not role.deleted else None
+                if rules is None or not _all_covered(held, rules):
+                    return _status(403, "Forbidden", f"{resource} {request.name!r} is forbidden: user is attempting"
+                                                      " to grant RBAC permissions not currently held")
+        return None
 
     def _now(self) -> str:
         return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -86,6 +144,10 @@ class Emulator(kmock.KubernetesEmulator):
         match = NAMESPACE_PATH.match(request.url.path)
         if match is not None:
             return await self._namespaces(request, match.group(1))
+        refused = self._escalation(request, request.data) if request.action in (
+            enums.action.CREATE, enums.action.UPDATE) else None
+        if refused is not None:
+            return refused
         if request.resource is not None and request.action == enums.action.CREATE:
             return await self._create(request, request.data)
         if request.resource is not None and request.action == enums.action.UPDATE and request.name:

@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from .api_harness import running_api
+from .kube import ROOT, rules_of
 from .loop_harness import (
     NAMESPACES,
     agent_entry,
@@ -78,6 +79,13 @@ async def test_full_loop(api, cluster, target, tmp_path, db):
 
         entry = await eventually(failed)
         assert "Widget" in entry["message"]
+
+        async def failure_event():
+            listing = await cluster.client.get("/api/v1/namespaces/default/events")
+            return [e for e in listing["items"] if e["reason"] == "ApplyFailed" and e["involvedObject"]["name"] == "web"]
+
+        (event,) = await eventually(failure_event)
+        assert event["type"] == "Warning" and "Widget" in event["message"] and "edge" in event["message"]
         stack = await cluster.get(STACKS, "web")
         assert stack["status"]["targets"]["failed"] == 1
 
@@ -213,3 +221,35 @@ async def test_text_outside_the_bmp_is_applied_as_kubectl_would(api, cluster, ta
         assert applied["data"] == {"blob": binary}
     finally:
         await agent.stop()
+
+
+async def test_stacks_that_ship_rbac_apply_under_the_agents_own_rbac(api, cluster, target, tmp_path):
+    """The target emulator enforces RBAC escalation prevention for the rules manifests/agent/rbac.yaml grants."""
+    target_server, _view = target
+    target_server.emulator.held_rules = rules_of(ROOT / "manifests/agent/rbac.yaml")
+    reader = [{"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["get", "list", "watch"]}]
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "reader", "namespace": "apps"}, "rules": reader}
+    cluster_role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": {"name": "stackyard-test-reader"}, "rules": reader}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "reader", "namespace": "apps"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+               "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "apps"}]}
+    pak_file = await setup_loop(cluster, [role, cluster_role, binding], tmp_path)
+    agent = await start_agent(api.url, pak_file, target_server)
+    try:
+        stack = await wait_applied(cluster, "web")
+        assert agent_entry(stack)["state"] == "Applied"
+        assert await target_server_has(target_server, "/apis/rbac.authorization.k8s.io/v1/namespaces/apps/roles/reader")
+    finally:
+        await agent.stop()
+
+
+async def target_server_has(server, path: str) -> bool:
+    import kopf
+
+    from stackyard.kube import KubeClient
+
+    async with KubeClient(kopf.ConnectionInfo(server=server.url, insecure=True)) as client:
+        return await client.get_or_none(path) is not None

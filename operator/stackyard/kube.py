@@ -208,4 +208,9 @@ KUBE_CALLS: tuple[tuple[str, str, str, str], ...] = (
     ("agent", "create", "*", "*"),
     ("agent", "patch", "*", "*"),
     ("agent", "delete", "*", "*"),
+    # stacks may ship Roles and bindings that grant more than the agent holds (RBAC escalation prevention)
+    ("agent", "escalate", "rbac.authorization.k8s.io", "roles"),
+    ("agent", "escalate", "rbac.authorization.k8s.io", "clusterroles"),
+    ("agent", "bind", "rbac.authorization.k8s.io", "roles"),
+    ("agent", "bind", "rbac.authorization.k8s.io", "clusterroles"),
 )

@@ -269,7 +269,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         status = await stack_status_patch(ctx.require_store(), uuid.UUID(previous["stackId"]), previous)
         if status is not None:
             patch.status.update(status)
-            report_failures(body, previous.get("agents"), status["agents"])
+            await report_failures(ctx.require_kube(), body, previous.get("agents"), status["agents"])
             metrics.status_patches_total.labels("Stack").inc()
 
     # AgentTarget ------------------------------------------------------------------------

@@ -23,9 +23,10 @@ from typing import Any
 import kopf
 
 from ..config import GROUP, VERSION
-from ..kube import ApiResource, KubeError
+from ..kube import ApiResource, KubeClient, KubeError
 from ..store import Store
 from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, listen_forever
+from .events import post_event
 from .observe import agent_status_patch, agent_target_status_patch, stack_status_patch
 from .status import newly_failed
 
@@ -148,7 +149,7 @@ class Mirror:
         status = await stack_status_patch(self.store, stack_id, previous)
         if status is not None:
             await self._patch_status(STACKS, indexed["namespace"], indexed["name"], status, at)
-            report_failures(indexed["ref"], previous.get("agents"), status["agents"])
+            await report_failures(self.kube(), indexed["ref"], previous.get("agents"), status["agents"])
         await self._mirror_targets(self.targets_by_stack, (indexed["namespace"], indexed["name"]), at)
 
     async def _mirror_targets(self, index: Any, key: Any, at: float) -> None:
@@ -174,12 +175,12 @@ class Mirror:
         await self._mirror_targets(self.targets_by_agent, (agent.name, agent.cluster_name), at)
 
 
-def report_failures(ref: Mapping[str, Any], before: Any, after: list[dict[str, Any]]) -> None:
+async def report_failures(kube: KubeClient, ref: Mapping[str, Any], before: Any, after: list[dict[str, Any]]) -> None:
     """A Warning Event on the Stack for each agent that newly failed to apply (not once per heartbeat)."""
     for entry in newly_failed(before, after):
-        kopf.event(ref, type="Warning", reason="ApplyFailed",
-                   message=f"agent {entry['agentName']} in cluster {entry['clusterName']} failed to apply"
-                           f" sequence {entry.get('sequenceId')}: {entry['message']}")
+        await post_event(kube, ref, "Warning", "ApplyFailed",
+                         f"agent {entry['agentName']} in cluster {entry['clusterName']} failed to apply"
+                         f" sequence {entry.get('sequenceId')}: {entry['message']}")
 
 
 def register_indexes(registry: kopf.OperatorRegistry) -> None:
