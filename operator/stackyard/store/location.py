@@ -28,14 +28,20 @@ def ensure_database(server_url: str, name: str) -> None:
 def database_url(url: str | None, data_dir: Path | str) -> Iterator[str]:
     """Yield the URL to use: `url` when given, else an embedded server's.
 
-    The embedded server is started when needed and stopped on exit only if this
-    call started it, so a server someone else runs on the same data dir is left alone.
+    The process that starts the embedded server owns it and stops it on exit.
+    A server whose owner died without stopping it (kill -9) is adopted: this
+    process becomes its owner and stops it on exit. A server whose owner is
+    alive is left alone.
     """
     if url:
         yield url
         return
     server = EmbeddedPostgres(data_dir)
-    started_here = not server.is_running()
+    owns = not server.is_running()
+    if server.orphaned():
+        log.warning("adopting the embedded PostgreSQL in %s: the process that started it is gone", server.pgdata)
+        server.adopt()
+        owns = True
     server.start()
     ensure_database(server.url(), EMBEDDED_DATABASE)
     embedded_url = server.url(EMBEDDED_DATABASE)
@@ -43,7 +49,7 @@ def database_url(url: str | None, data_dir: Path | str) -> Iterator[str]:
     try:
         yield embedded_url
     finally:
-        if started_here:
+        if owns:
             server.stop()
             log.info("stopped embedded PostgreSQL (data kept in %s)", server.pgdata)
 
