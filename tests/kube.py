@@ -97,6 +97,8 @@ class Emulator(kmock.KubernetesEmulator):
     # role whose permissions the requester holds, unless it holds `bind` on it.
     # https://kubernetes.io/docs/reference/access-authn-authz/rbac/#privilege-escalation-prevention-and-bootstrapping
     held_rules: list[dict[str, Any]] | None = None
+    # Requests RBAC would refuse: (method, path, user agent) -> True answers 403.
+    forbid: Callable[[str, str, str], bool] | None = None
 
     def _escalation(self, request: kmock.Request, body: Any) -> aiohttp.web.StreamResponse | None:
         resource = getattr(request.resource, "plural", None)
@@ -141,6 +143,8 @@ class Emulator(kmock.KubernetesEmulator):
         served: collections.Counter = self.__dict__.setdefault("_served", collections.Counter())
         method = request.method.value.upper() if hasattr(request.method, "value") else str(request.method).upper()
         served[(method, request.url.path)] += 1
+        if self.forbid is not None and self.forbid(method, request.url.path, request.headers.get("User-Agent", "")):
+            return _status(403, "Forbidden", f"{method} {request.url.path} is forbidden for this user (test RBAC)")
         match = NAMESPACE_PATH.match(request.url.path)
         if match is not None:
             return await self._namespaces(request, match.group(1))

@@ -46,7 +46,11 @@ async def test_run_reconciles_serves_metrics_and_health_and_stops_cleanly(kube_s
     )
     try:
         await cluster.create(STACKS, {"metadata": {"name": "web"}, "spec": {"resources": [configmap("a")]}})
-        await cluster.wait_condition(STACKS, "web", "Ready", "True", timeout=30)
+        try:
+            await cluster.wait_condition(STACKS, "web", "Ready", "True", timeout=30)
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1][-3000:]) from None
         lease = await cluster.client.get("/apis/coordination.k8s.io/v1/namespaces/stackyard-system/leases/stackyard-operator")
         assert lease["spec"]["holderIdentity"] == "operator-0", "the operator runs as the elected leader"
 

@@ -14,10 +14,10 @@ from aiohttp import web
 
 from .api import create_app
 from .api.waiters import StateWaiters
-from .config import OperatorConfig
+from .config import GROUP, VERSION, OperatorConfig
 from .controller.leader import LeaseElector
 from .controller.operator import run_operator
-from .kube import KubeClient, default_connection
+from .kube import KubeClient, KubeError, default_connection
 from .metrics import AgentMetrics, Metrics
 from .store import Store
 
@@ -32,8 +32,16 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def metrics_app(metrics: Metrics | AgentMetrics) -> web.Application:
-    """/metrics in Prometheus text format, and /healthz."""
+@dataclass
+class Readiness:
+    """Whether the operator in this process is watching its resources; served as /readyz next to /metrics."""
+
+    ready: bool = False
+    reason: str = "starting"
+
+
+def metrics_app(metrics: Metrics | AgentMetrics, readiness: Readiness | None = None) -> web.Application:
+    """/metrics in Prometheus text format, /healthz, and /readyz when a `readiness` is given."""
 
     async def serve_metrics(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8",
@@ -42,9 +50,17 @@ def metrics_app(metrics: Metrics | AgentMetrics) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def readyz(_: web.Request) -> web.Response:
+        assert readiness is not None
+        if readiness.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reason": readiness.reason}, status=503)
+
     app = web.Application()
     app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/healthz", healthz)
+    if readiness is not None:
+        app.router.add_get("/readyz", readyz)
     return app
 
 
@@ -119,12 +135,17 @@ async def _cancel(task: asyncio.Task) -> None:
 async def run_all(config: OperatorConfig, addresses: RunAddresses) -> None:
     """Run until Kopf stops (SIGTERM/SIGINT): the operator, the agent API, /metrics, retention."""
     metrics = Metrics()
+    readiness = Readiness(reason="standing by for the leader Lease" if config.leader_election_namespace else "starting")
+    started = asyncio.Event()
     maintenance = await Store.open(config.database_url, min_size=1, max_size=2)
-    retention = asyncio.create_task(retention_loop(maintenance, config, metrics), name="retention")
-    gauges = asyncio.create_task(agents_gauge_loop(maintenance, config, metrics), name="agent-gauges")
+    background = [
+        asyncio.create_task(retention_loop(maintenance, config, metrics), name="retention"),
+        asyncio.create_task(agents_gauge_loop(maintenance, config, metrics), name="agent-gauges"),
+        asyncio.create_task(become_ready(config, started, readiness, addresses), name="readiness"),
+    ]
     try:
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(serving(metrics_app(metrics), addresses.metrics))
+            await stack.enter_async_context(serving(metrics_app(metrics, readiness), addresses.metrics))
             if addresses.api:
                 await stack.enter_async_context(
                     api_serving(config.database_url, addresses.api, metrics, config.pool_max_size)
@@ -132,23 +153,59 @@ async def run_all(config: OperatorConfig, addresses: RunAddresses) -> None:
             host, port = split_address(addresses.health)
             liveness = f"http://{host}:{port}/healthz"
             if config.leader_election_namespace:
-                await run_as_leader(config, metrics, liveness)
+                await run_as_leader(config, metrics, liveness, started)
             else:
-                await run_operator(config, metrics, liveness_endpoint=liveness)
+                await run_operator(config, metrics, liveness_endpoint=liveness, ready_flag=started)
     finally:
-        await _cancel(retention)
-        await _cancel(gauges)
+        for task in background:
+            await _cancel(task)
         await maintenance.close()
 
 
-async def run_as_leader(config: OperatorConfig, metrics: Metrics, liveness: str) -> None:
+def watched_paths(config: OperatorConfig) -> list[str]:
+    """A LIST of every watched kind in every watched namespace: what the operator's watches need to be allowed."""
+    scopes = [None] if config.all_namespaces else config.namespaces
+    return [f"/apis/{GROUP}/{VERSION}" + (f"/namespaces/{ns}" if ns else "") + f"/{plural}"
+            for ns in scopes for plural in ("stacks", "agenttargets", "agents")]
+
+
+async def become_ready(config: OperatorConfig, started: asyncio.Event, readiness: Readiness,
+                       addresses: RunAddresses) -> None:
+    """Once Kopf has started, check that every watch is allowed, then say so once (log and /readyz)."""
+    await started.wait()
+    readiness.reason = "checking that the operator may watch its resources"
+    async with KubeClient(config.kube_connection or default_connection(), user_agent="stackyard-operator") as kube:
+        reported = ""
+        while True:
+            refused = []
+            for path in watched_paths(config):
+                try:
+                    await kube.get(path, params={"limit": "1"})
+                except KubeError as exc:
+                    refused.append(f"{path}: {exc.status} {exc.reason}")
+            if not refused:
+                break
+            readiness.reason = "cannot list " + "; ".join(refused)
+            if readiness.reason != reported:
+                log.error("the operator is not ready: %s (check its RBAC for the watched namespaces)", readiness.reason)
+                reported = readiness.reason
+            await asyncio.sleep(5)
+    readiness.ready, readiness.reason = True, ""
+    scope = "all namespaces" if config.all_namespaces else "namespaces " + ", ".join(config.namespaces)
+    log.info("stackyard is ready: watching %s; agent API on %s; metrics on %s; liveness on %s", scope,
+             addresses.api or "(not served)", addresses.metrics, addresses.health)
+
+
+async def run_as_leader(config: OperatorConfig, metrics: Metrics, liveness: str, started: asyncio.Event) -> None:
     """Stand by until this replica holds the Lease, then run the operator while renewing it."""
     async with KubeClient(config.kube_connection or default_connection(), user_agent="stackyard-operator") as kube:
         elector = LeaseElector(kube, config.leader_election_namespace or "", config.identity)
         await elector.acquire()
         stop = asyncio.Event()
         keeper = asyncio.create_task(elector.keep(), name="lease-keeper")
-        operator = asyncio.create_task(run_operator(config, metrics, stop_flag=stop, liveness_endpoint=liveness))
+        operator = asyncio.create_task(
+            run_operator(config, metrics, stop_flag=stop, liveness_endpoint=liveness, ready_flag=started)
+        )
         done, _ = await asyncio.wait({keeper, operator}, return_when=asyncio.FIRST_COMPLETED)
         if keeper in done:
             stop.set()

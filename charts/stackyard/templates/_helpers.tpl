@@ -32,5 +32,9 @@ capabilities: {drop: [ALL]}
 - name: STACKYARD_DATABASE_URL
   valueFrom:
     secretKeyRef: {name: {{ .Values.database.existingSecret }}, key: url}
+{{- else }}
+- name: STACKYARD_DATABASE_URL
+  valueFrom:
+    secretKeyRef: {name: stackyard-database, key: url, optional: true}
 {{- end }}
 {{- end -}}

@@ -66,8 +66,13 @@ class Context:
         return self.kube
 
 
-def configure_settings(settings: kopf.OperatorSettings) -> None:
-    """Kopf settings of DESIGN §3: own finalizer and prefix, small annotations, quiet events."""
+def exact_namespaces(config: OperatorConfig) -> bool:
+    """True when the operator watches only namespaces named exactly (no `*`, `?`, `[...]` or `!` patterns)."""
+    return not config.all_namespaces and not any(set(ns) & set("*?[]!") for ns in config.namespaces)
+
+
+def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """Kopf settings (docs/architecture.md, "Operator"): own finalizer and prefix, small annotations, quiet events."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP, v1=False)
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=GROUP)
@@ -80,6 +85,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    # Watching named namespaces needs neither the cluster-wide namespace list nor the CRD watch, so a
+    # Role-only install works: Kopf skips both scans (it would otherwise spend a minute on 403s first).
+    settings.scanning.disabled = exact_namespaces(config)
 
 
 def as_invalid_spec(exc: Exception) -> InvalidSpec | None:
@@ -186,7 +194,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **kwargs: Any) -> None:
-        configure_settings(settings)
+        configure_settings(settings, config)
         ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size, timeout=config.pool_timeout)
         mirror = Mirror(
             store=ctx.store,

