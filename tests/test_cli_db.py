@@ -71,3 +71,11 @@ def test_help_lists_every_option_with_env_and_default():
         ("--log-format", "STACKYARD_LOG_FORMAT"),
     ):
         assert flag in result.stdout and env in result.stdout
+
+
+def test_commands_print_no_runtime_dir_warning(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    result = subprocess.run([sys.executable, "-m", "stackyard", "db", "url", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1 and "not running" in result.stderr
+    assert "XDG_RUNTIME_DIR" not in result.stderr and "Warning" not in result.stderr

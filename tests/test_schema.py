@@ -20,7 +20,8 @@ def varchar(n: int) -> tuple[str, int]:
 EXPECTED = {
     "stacks": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS,
-        "name": varchar(255), "description": TEXT, "agent_target": UUID,
+        # "<namespace>/<name>": 63 + 1 + 253 characters, what Kubernetes allows (the data design said 255)
+        "name": varchar(317), "description": TEXT, "agent_target": UUID,
     },
     "agents": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "name": varchar(255),

@@ -34,7 +34,6 @@ from .reconcile import (
     reconcile_agent,
     reconcile_agent_target,
     reconcile_stack,
-    retarget,
 )
 from .render import InvalidSpec
 from .storage import DigestDiffBaseStorage
@@ -246,18 +245,17 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.on.create(GROUP, VERSION, "stacks", registry=registry)
     @kopf.on.update(GROUP, VERSION, "stacks", registry=registry)
     async def stack_changed(
-        body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, targets_by_stack: Any, **_: Any
+        body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any
     ) -> None:
         async def work() -> Result:
             store = ctx.require_store()
             result, created = await reconcile_stack(store, body, now_rfc3339())
             if created:
                 metrics.deployment_objects_emitted_total.inc()
-            key = (body["metadata"]["namespace"], body["metadata"]["name"])
-            targets = [t["body"] for t in targets_by_stack.get(key, [])]
-            await retarget(store, uuid.UUID(body["metadata"]["uid"]), targets)
-            if targets and ctx.mirror is not None:
-                ctx.mirror.note_targets_of(*key)  # they may have been waiting for this Stack
+            if ctx.mirror is not None:
+                # AgentTargets naming this Stack may be waiting for it (or for its new uid): the mirror binds them.
+                # Kopf indexes an object before handling it, and this note follows the commit, so none is missed.
+                ctx.mirror.note_targets_of(body["metadata"]["namespace"], body["metadata"]["name"])
             return result
 
         await run_reconcile(ctx, "Stack", body, patch, logger, retry, work)

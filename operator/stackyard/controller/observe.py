@@ -12,8 +12,14 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..store import Store
-from .conditions import conditions_for, now_rfc3339
-from .reconcile import Result, agent_heartbeat_status, observe_agent_target, stack_target_status
+from .conditions import conditions_for, now_rfc3339, stalled_outcome
+from .reconcile import (
+    Result,
+    agent_heartbeat_status,
+    observe_agent_target,
+    reconcile_agent_target,
+    stack_target_status,
+)
 from .render import InvalidSpec
 from .status import heartbeat_is_old, last_event_status, visible
 
@@ -48,7 +54,10 @@ async def stack_status_patch(store: Store, stack_id: uuid.UUID, previous: Mappin
 async def agent_target_status_patch(
     store: Store, body: Mapping[str, Any], previous: Mapping[str, Any]
 ) -> dict[str, Any] | None:
-    """The AgentTarget's status when it visibly differs from `previous`, else None (also when Stalled)."""
+    """The AgentTarget's status when it visibly differs from `previous`, else None (also when Stalled).
+
+    Writes only to bind an AgentTarget to a Stack that appeared after its reconcile; never in the steady state.
+    """
     generation = (body.get("metadata") or {}).get("generation")
     if is_stalled(previous, generation):
         return None
@@ -56,6 +65,12 @@ async def agent_target_status_patch(
         result = await observe_agent_target(store, body)
     except InvalidSpec:
         return None  # a spec-level problem is the handler's business
+    if result.needs_write:
+        # The Stack appeared (or was re-created) after the AgentTarget's own reconcile: bind it now.
+        try:
+            result = await reconcile_agent_target(store, body)
+        except InvalidSpec as exc:
+            result = Result(stalled_outcome(exc.reason, exc.message), {})
     status = with_outcome(result, generation, previous)
     return status if visible(status, TARGET_KEYS) != visible(previous, TARGET_KEYS) else None
 

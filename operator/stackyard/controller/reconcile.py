@@ -47,6 +47,8 @@ class Result:
     outcome: Outcome
     status: dict[str, Any]
     milestones: tuple[Milestone, ...] = ()
+    # Observing found a state only a write settles (an AgentTarget whose Stack exists but has no row for it).
+    needs_write: bool = False
 
 
 def _uid(body: Mapping[str, Any]) -> uuid.UUID:
@@ -103,25 +105,6 @@ async def stack_target_status(
     return {"targets": counts, "agents": entries}
 
 
-async def retarget(store: Store, stack_id: uuid.UUID, targets: list[Mapping[str, Any]]) -> int:
-    """Point the AgentTargets naming this Stack at its current row (a re-created Stack gets a new uid).
-
-    Runs when the Stack is reconciled, so targeting follows at once instead of
-    waiting for each AgentTarget's own resync. Bad targets are left to their handler.
-    """
-    done = 0
-    for target in targets:
-        spec = target.get("spec") or {}
-        try:
-            agent_name = required_name(spec.get("agentName"), "spec.agentName")
-            cluster_name = required_name(spec.get("clusterName"), "spec.clusterName")
-            await store.set_agent_target(_uid(target), stack_id, agent_name, cluster_name)
-            done += 1
-        except (InvalidSpec, Conflict):
-            continue
-    return done
-
-
 async def delete_stack(store: Store, body: Mapping[str, Any]) -> None:
     """Soft-delete: the database emits the deletion marker that the targets carry to the agents."""
     await store.soft_delete_stack(_uid(body))
@@ -176,6 +159,10 @@ async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
         return Result(retrying_outcome("StackNotFound", message, ready="False"), status)
     status = {"targetId": str(target_row_id(_uid(body), stack_id)),
               **await target_status(store, stack_id, agent_name, cluster_name)}
+    if status["deployment"] is None:  # no row on this Stack yet: it appeared after the AgentTarget was reconciled
+        status["targetId"] = None
+        return Result(retrying_outcome("Binding", f"binding to Stack {namespace}/{stack_name}"), status,
+                      needs_write=True)
     registered = "registered" if status["agent"]["registered"] else "not registered yet"
     return Result(ready_outcome(f"targets agent {agent_name} in cluster {cluster_name} ({registered})"), status)
 
