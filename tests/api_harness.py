@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from stackyard import pak
-from stackyard.api import create_app
+from stackyard.api import ApiSettings, create_app
+from stackyard.api.server import ApiRunner
 from stackyard.api.waiters import StateWaiters
 from stackyard.metrics import Metrics
 from stackyard.store import Store
@@ -27,12 +28,14 @@ class RunningApi:
 
 
 @contextlib.asynccontextmanager
-async def running_api(db_url: str) -> AsyncIterator[RunningApi]:
-    store = await Store.open(db_url, max_size=10, timeout=5)
+async def running_api(db_url: str, **settings_overrides: float) -> AsyncIterator[RunningApi]:
+    """The API as `stackyard api` serves it (same runner, same settings unless overridden)."""
+    settings = ApiSettings(**settings_overrides)
+    store = await Store.open(db_url, max_size=10, timeout=settings.database_timeout)
     metrics = Metrics()
     waiters = StateWaiters(store, db_url)
     listener = asyncio.create_task(waiters.run())
-    runner = web.AppRunner(create_app(store, metrics, waiters))
+    runner = ApiRunner(create_app(store, metrics, waiters, settings), settings.idle_timeout)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -54,7 +57,7 @@ async def make_agent(store: Store, name: str, cluster: str = "eu-1") -> tuple[uu
     agent_id = uuid.uuid4()
     await store.register_agent(agent_id, name, cluster, ["role=edge"], {"team": "infra"})
     key = pak.generate()
-    await store.set_agent_pak_hash(agent_id, key.secret_hash)
+    await store.set_agent_pak_hash(agent_id, key.secret_hash, key.key_id)
     return agent_id, key.token
 
 

@@ -52,7 +52,7 @@ async def test_authentication_failures_are_401_with_json(api, http):
     assert body["labels"] == ["role=edge"] and body["annotations"] == {"team": "infra"}
 
     rotated = pak.generate()
-    await api.store.set_agent_pak_hash(agent_id, rotated.secret_hash)
+    await api.store.set_agent_pak_hash(agent_id, rotated.secret_hash, rotated.key_id)
     status, body, _ = await call(http, "GET", url, token)
     assert status == 401 and body["code"] == "unauthenticated"
     assert (await call(http, "GET", url, rotated.token))[0] == 200

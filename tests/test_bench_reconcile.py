@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from .kube import ROOT
-from .operator_harness import STACKS
 from .test_run_command import write_kubeconfig
 
 

@@ -26,6 +26,7 @@ EXPECTED = {
     "agents": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "name": varchar(255),
         "cluster_name": varchar(255), "last_heartbeat": TS, "status": varchar(50), "pak_hash": TEXT,
+        "pak_key_id": TEXT,  # beyond the data design: a key authenticates only with the id it was issued with
     },
     "deployment_objects": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "sequence_id": ("bigint", None),

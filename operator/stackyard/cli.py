@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         scope = "all namespaces" if config.all_namespaces else ", ".join(namespaces)
         log.info("starting the operator for %s", scope)
         addresses = RunAddresses(metrics=args.metrics_address, health=args.health_address, api=args.api_address)
-        asyncio.run(run_all(config, addresses))
+        asyncio.run(run_all(config, addresses, api_settings(args)))
     return 0
 
 
@@ -115,8 +115,25 @@ def cmd_api(args: argparse.Namespace) -> int:
     from .serve import run_api
 
     with migrated_database(args) as url:
-        asyncio.run(run_api(url, args.api_address, args.metrics_address, int(args.pool_size)))
+        asyncio.run(run_api(url, args.api_address, args.metrics_address, int(args.pool_size), api_settings(args)))
     return 0
+
+
+def add_api_limits(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--api-body-timeout", "a request body must arrive within this time (else 408)", "10s")
+    add_option(parser, "--api-idle-timeout",
+               "a connection must send a complete request header within this time; idle ones close after it", "15s")
+    add_option(parser, "--api-database-timeout",
+               "longest wait for a database connection; during an outage requests answer 503 within it", "500ms")
+
+
+def api_settings(args: argparse.Namespace):  # -> ApiSettings (imported lazily: the CLI starts fast)
+    from .api import ApiSettings
+    from .durations import duration_seconds
+
+    return ApiSettings(body_timeout=duration_seconds(args.api_body_timeout),
+                       idle_timeout=duration_seconds(args.api_idle_timeout),
+                       database_timeout=duration_seconds(args.api_database_timeout))
 
 
 def add_api(commands: argparse._SubParsersAction) -> None:
@@ -126,6 +143,7 @@ def add_api(commands: argparse._SubParsersAction) -> None:
     add_option(api, "--api-address", "listen address of the agent API", "0.0.0.0:8080")
     add_option(api, "--metrics-address", "listen address of /metrics", "0.0.0.0:9090")
     add_option(api, "--pool-size", "maximum PostgreSQL connections", "10")
+    add_api_limits(api)
     api.set_defaults(handler=cmd_api)
 
 
@@ -155,6 +173,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     add_option(run, "--retention-interval", "how often the retention purge runs", "1h")
     add_option(run, "--leader-election-namespace",
                "namespace of the Lease for leader election (replicas stand by); unset runs without election", None)
+    add_api_limits(run)
     run.set_defaults(handler=cmd_run)
 
 

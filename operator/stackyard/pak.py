@@ -8,7 +8,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-PAK_PATTERN = re.compile(r"^sy_([a-z0-9]{8})_([A-Za-z0-9]{32,128})$")
+PAK_PATTERN = re.compile(r"sy_([a-z0-9]{8})_([A-Za-z0-9]{32,128})")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def generate() -> Pak:
 
 def parse(token: str) -> Pak | None:
     """The key in `token`, or None when it is not a well-formed PAK."""
-    match = PAK_PATTERN.match(token.strip())
+    match = PAK_PATTERN.fullmatch(token.strip())
     if match is None:
         return None
     return Pak(match.group(1), match.group(2))
@@ -42,9 +42,14 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-def verify(token: str, stored_hash: str | None) -> bool:
-    """Constant-time check of `token` against a stored secret hash."""
+def verify(token: str, stored_hash: str | None, stored_key_id: str | None = None) -> bool:
+    """Constant-time check of `token` against a stored secret hash and key id.
+
+    Keys issued before key ids were stored (`stored_key_id` None) are checked by their secret alone.
+    """
     key = parse(token)
     if key is None or not stored_hash:
         return False
-    return hmac.compare_digest(key.secret_hash, stored_hash)
+    secret_ok = hmac.compare_digest(key.secret_hash, stored_hash)
+    id_ok = stored_key_id is None or hmac.compare_digest(key.key_id, stored_key_id)
+    return secret_ok and id_ok

@@ -12,7 +12,8 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from .api import create_app
+from .api import ApiSettings, create_app
+from .api.server import ApiRunner
 from .api.waiters import StateWaiters
 from .config import GROUP, VERSION, OperatorConfig
 from .controller.leader import LeaseElector
@@ -65,10 +66,10 @@ def metrics_app(metrics: Metrics | AgentMetrics, readiness: Readiness | None = N
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application, address: str) -> AsyncIterator[web.AppRunner]:
-    """Serve `app` on `address` for the duration of the block."""
+async def serving(app: web.Application, address: str, runner: web.AppRunner | None = None) -> AsyncIterator[web.AppRunner]:
+    """Serve `app` on `address` (with `runner` when given) for the duration of the block."""
     host, port = split_address(address)
-    runner = web.AppRunner(app, access_log=None)
+    runner = runner or web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -113,13 +114,16 @@ class RunAddresses:
 
 
 @contextlib.asynccontextmanager
-async def api_serving(database_url: str, address: str, metrics: Metrics, pool_max_size: int) -> AsyncIterator[Store]:
+async def api_serving(
+    database_url: str, address: str, metrics: Metrics, pool_max_size: int, settings: ApiSettings
+) -> AsyncIterator[Store]:
     """The agent API on `address` with its own pool and LISTEN connection."""
-    store = await Store.open(database_url, min_size=1, max_size=pool_max_size)
+    store = await Store.open(database_url, min_size=1, max_size=pool_max_size, timeout=settings.database_timeout)
     waiters = StateWaiters(store, database_url)
     listener = asyncio.create_task(waiters.run(), name="state-listener")
     try:
-        async with serving(create_app(store, metrics, waiters), address):
+        app = create_app(store, metrics, waiters, settings)
+        async with serving(app, address, ApiRunner(app, settings.idle_timeout)):
             yield store
     finally:
         await _cancel(listener)
@@ -132,7 +136,7 @@ async def _cancel(task: asyncio.Task) -> None:
         await task
 
 
-async def run_all(config: OperatorConfig, addresses: RunAddresses) -> None:
+async def run_all(config: OperatorConfig, addresses: RunAddresses, api_settings: ApiSettings | None = None) -> None:
     """Run until Kopf stops (SIGTERM/SIGINT): the operator, the agent API, /metrics, retention."""
     metrics = Metrics()
     readiness = Readiness(reason="standing by for the leader Lease" if config.leader_election_namespace else "starting")
@@ -148,7 +152,8 @@ async def run_all(config: OperatorConfig, addresses: RunAddresses) -> None:
             await stack.enter_async_context(serving(metrics_app(metrics, readiness), addresses.metrics))
             if addresses.api:
                 await stack.enter_async_context(
-                    api_serving(config.database_url, addresses.api, metrics, config.pool_max_size)
+                    api_serving(config.database_url, addresses.api, metrics, config.pool_max_size,
+                                api_settings or ApiSettings())
                 )
             host, port = split_address(addresses.health)
             liveness = f"http://{host}:{port}/healthz"
@@ -215,7 +220,9 @@ async def run_as_leader(config: OperatorConfig, metrics: Metrics, liveness: str,
         operator.result()
 
 
-async def run_api(database_url: str, api_address: str, metrics_address: str, pool_max_size: int) -> None:
+async def run_api(
+    database_url: str, api_address: str, metrics_address: str, pool_max_size: int, settings: ApiSettings
+) -> None:
     """`stackyard api`: the agent API alone, until SIGTERM/SIGINT."""
     metrics = Metrics()
     stop = asyncio.Event()
@@ -223,7 +230,7 @@ async def run_api(database_url: str, api_address: str, metrics_address: str, poo
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with serving(metrics_app(metrics), metrics_address), api_serving(
-        database_url, api_address, metrics, pool_max_size
+        database_url, api_address, metrics, pool_max_size, settings
     ):
         await stop.wait()
     log.info("stopping the agent API")

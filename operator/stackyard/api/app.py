@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -16,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
+import aiohttp
 import psycopg
 import psycopg_pool
 from aiohttp import web
@@ -25,6 +24,7 @@ from .. import __version__, pak
 from ..metrics import Metrics
 from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
 from . import schemas
+from .validation import InvalidInput, none_match, parse_body, parse_wait
 from .waiters import StateWaiters
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,35 @@ WAITERS_KEY = web.AppKey("waiters", StateWaiters)
 SETTINGS_KEY = web.AppKey("settings", object)
 AGENT_KEY = "stackyard.agent"
 UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+CLIENT_CLOSED = 499
 
 
 @dataclass(frozen=True)
 class ApiSettings:
+    """Limits of the agent API (README, "Agent API")."""
+
     max_body_bytes: int = 1024 * 1024
     max_wait_seconds: int = 60
+    # A request body must arrive within this time (408 otherwise).
+    body_timeout: float = 10.0
+    # A connection must send a complete request header within this time, and is closed when idle this long.
+    idle_timeout: float = 15.0
+    # A request waits at most this long for a database connection: an outage answers 503 within it.
+    database_timeout: float = 0.5
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    """An answer other than success; `close` ends the connection (the rest of the request is not read)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 close: bool = False):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.close = close
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -70,6 +84,8 @@ async def errors_and_metrics(request: web.Request, handler: Callable[[web.Reques
         response = await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.code, exc.message, exc.headers)
+        if exc.close:
+            response.force_close()
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS_KEY].max_body_bytes
         response = error_response(413, "body_too_large", f"the request body exceeds {limit} bytes")
@@ -77,7 +93,12 @@ async def errors_and_metrics(request: web.Request, handler: Callable[[web.Reques
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        response = error_response(exc.status, code, exc.reason)
+        kept = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
+        response = error_response(exc.status, code, exc.reason, kept)
+    except CLIENT_GONE:
+        # The client disconnected mid-request: nobody reads an answer. Counted as 499 (as nginx does).
+        log.debug("client disconnected while sending %s %s", request.method, request.path)
+        response = error_response(CLIENT_CLOSED, "client_closed", "the client closed the connection")
     except UNAVAILABLE as exc:
         log.warning("database unavailable while serving %s: %s", request.path, exc)
         response = error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "2"})
@@ -103,27 +124,28 @@ async def authenticate(request: web.Request) -> Agent:
     if key is None:
         raise ApiError(401, "unauthenticated", "the key is not a stackyard agent key", {"WWW-Authenticate": "Bearer"})
     agent = await request.app[STORE_KEY].agent_by_pak_hash(key.secret_hash)
-    if agent is None or not pak.verify(token, agent.pak_hash):
+    if agent is None or not pak.verify(token, agent.pak_hash, agent.pak_key_id):
         raise ApiError(401, "unauthenticated", "unknown or rotated key", {"WWW-Authenticate": "Bearer"})
     return agent
 
 
 async def read_json(request: web.Request, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
-    """Parse and validate a JSON body; 400 with the first problem."""
-    raw = await request.read()
+    """Read (within the body timeout), parse and validate a JSON body; 400 with the first problem."""
+    settings: ApiSettings = request.app[SETTINGS_KEY]
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {settings.body_timeout:g} s",
+                       close=True) from None
     if not raw:
         if required:
             raise ApiError(400, "invalid_body", "a JSON body is required")
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(body))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "body"
-        raise ApiError(400, "invalid_body", f"{where}: {error.message}"[:500])
-    return body
+        return parse_body(raw, schema)
+    except InvalidInput as exc:
+        raise ApiError(400, exc.code, exc.message) from None
 
 
 def identity(agent: Agent, labels: list[str], annotations: dict[str, str]) -> dict[str, Any]:
@@ -181,13 +203,6 @@ def own_agent_id(request: web.Request, agent: Agent) -> None:
         raise ApiError(403, "forbidden", "an agent may only read its own data")
 
 
-def parse_wait(request: web.Request, maximum: int) -> int:
-    raw = request.query.get("wait", "0")
-    if not raw.isdigit() or int(raw) > maximum:
-        raise ApiError(400, "invalid_wait", f"wait must be a whole number of seconds from 0 to {maximum}")
-    return int(raw)
-
-
 # Handlers ----------------------------------------------------------------------------------
 
 
@@ -219,21 +234,24 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def target_state(request: web.Request) -> web.Response:
     agent = await authenticate(request)
     settings: ApiSettings = request.app[SETTINGS_KEY]
-    wait = parse_wait(request, settings.max_wait_seconds)
+    try:
+        wait = parse_wait(request.query.get("wait", "0"), settings.max_wait_seconds)
+    except InvalidInput as exc:
+        raise ApiError(400, exc.code, exc.message) from None
     known = request.headers.get("If-None-Match")
     store = request.app[STORE_KEY]
     with request.app[WAITERS_KEY].subscribe((agent.name, agent.cluster_name)) as changed:
         # The ETag needs only ids; the YAML is read when the answer is not a 304.
         etag = state_etag(await store.desired_versions(agent.name, agent.cluster_name))
         deadline = time.monotonic() + wait
-        while known == etag and (remaining := deadline - time.monotonic()) > 0:
+        while none_match(known, etag) and (remaining := deadline - time.monotonic()) > 0:
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
                 break
             changed.clear()
             etag = state_etag(await store.desired_versions(agent.name, agent.cluster_name))
-    if known == etag:
+    if none_match(known, etag):
         return web.Response(status=304, headers={"ETag": etag})
     stacks = await store.desired_state(agent.name, agent.cluster_name)
     etag = state_etag(_versions(stacks))
@@ -262,7 +280,7 @@ async def post_events(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(schemas.openapi_document(__version__))
+    return web.json_response(schemas.openapi_document(__version__, request.app[SETTINGS_KEY].max_wait_seconds))
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -270,7 +288,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    await request.app[STORE_KEY].ping()
+    await request.app[STORE_KEY].ping(request.app[SETTINGS_KEY].database_timeout)
     return web.json_response({"status": "ready"})
 
 

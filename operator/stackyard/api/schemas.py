@@ -6,6 +6,9 @@ from typing import Any
 
 MAX_EVENTS_PER_BATCH = 100
 MAX_MESSAGE_LENGTH = 4096
+# Text PostgreSQL can store has no NUL. (Nor lone UTF-16 surrogates, which the API refuses in any string too;
+# a pattern cannot say so portably: ECMA and Rust regex engines differ on surrogate ranges.)
+STORABLE_TEXT = r"^[^\x00]*$"
 
 ERROR = {
     "type": "object",
@@ -28,7 +31,8 @@ EVENT = {
                                "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
         "eventType": {"type": "string", "minLength": 1, "maxLength": 50, "pattern": "^[A-Z][A-Z_]*$"},
         "status": {"type": "string", "enum": ["SUCCESS", "FAILURE"]},
-        "message": {"type": "string", "maxLength": MAX_MESSAGE_LENGTH},
+        "message": {"type": "string", "maxLength": MAX_MESSAGE_LENGTH, "pattern": STORABLE_TEXT,
+                    "description": "free text; PostgreSQL cannot store NUL characters or lone UTF-16 surrogates"},
     },
 }
 
@@ -103,17 +107,39 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+ERROR_TEXT = {
+    400: "Malformed request (a bad header, query, path id or body)",
+    401: "Missing, malformed, unknown or rotated key",
+    403: "Not this agent's data",
+    404: "Not found",
+    405: "Method not allowed (see the Allow header)",
+    408: "The request body did not arrive in time",
+    413: "Body too large",
+    503: "Database unavailable; retry after Retry-After seconds",
+}
+# Every route can answer these: aiohttp's own refusals (400), a wrong method (405), a body sent where
+# none is read (413), an outage (503).
+ALWAYS = (400, 405, 413, 503)
+
+
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Malformed request", 401: "Missing, malformed, unknown or rotated key", 403: "Not this agent's data",
-            404: "Not found", 413: "Body too large", 503: "Database unavailable"}
-    return {str(code): {"description": text[code], "content": _json({"$ref": "#/components/schemas/Error"})}
-            for code in codes}
+    responses: dict[str, Any] = {}
+    for code in sorted(set(codes) | set(ALWAYS)):
+        response: dict[str, Any] = {"description": ERROR_TEXT[code], "content": _json({"$ref": "#/components/schemas/Error"})}
+        if code == 405:
+            response["headers"] = {"Allow": {"schema": {"type": "string"}}}
+        if code == 503:
+            response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        if code == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        responses[str(code)] = response
+    return responses
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(version: str, max_wait_seconds: int = 60) -> dict[str, Any]:
     """OpenAPI 3.0 document of every route the app serves (checked against the router in tests)."""
     secured = [{"pak": []}]
-    agent_id_param = {"name": "agentId", "in": "path", "required": True, "schema": {"type": "string"}}
+    agent_id_param = {"name": "agentId", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "stackyard agent API", "version": version},
@@ -124,53 +150,60 @@ def openapi_document(version: str) -> dict[str, Any]:
         "paths": {
             "/api/v1/agents/self": {"get": {
                 "summary": "This agent's identity", "security": secured,
-                "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)}, **_errors(401, 503)},
+                "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)}, **_errors(401)},
             }},
             "/api/v1/agents/{agentId}": {"get": {
                 "summary": "An agent's identity; only an agent's own id is allowed", "security": secured,
                 "parameters": [agent_id_param],
                 "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)},
-                              **_errors(401, 403, 503)},
+                              **_errors(401, 403)},
             }},
             "/api/v1/agents/self/heartbeat": {"post": {
                 "summary": "Record a heartbeat", "security": secured,
                 "requestBody": {"required": False, "content": _json(HEARTBEAT_REQUEST)},
                 "responses": {"200": {"description": "Recorded", "content": _json(HEARTBEAT_RESPONSE)},
-                              **_errors(400, 401, 413, 503)},
+                              **_errors(401, 408)},
             }},
             "/api/v1/agents/self/target-state": {"get": {
                 "summary": "The full desired state of this agent", "security": secured,
                 "parameters": [
                     {"name": "wait", "in": "query", "required": False,
-                     "description": "long-poll up to this many seconds for a change (0-60)",
-                     "schema": {"type": "integer", "minimum": 0, "maximum": 60}},
+                     "description": f"long-poll up to this many seconds for a change (0-{max_wait_seconds})",
+                     "schema": {"type": "integer", "minimum": 0, "maximum": max_wait_seconds}},
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
                 ],
                 "responses": {
                     "200": {"description": "Desired state", "headers": {"ETag": {"schema": {"type": "string"}}},
                             "content": _json(TARGET_STATE)},
-                    "304": {"description": "Unchanged since If-None-Match"},
-                    **_errors(400, 401, 503),
+                    "304": {"description": "Unchanged since If-None-Match",
+                            "headers": {"ETag": {"schema": {"type": "string"}}}},
+                    **_errors(401),
                 },
             }},
             "/api/v1/agents/{agentId}/target-state": {"get": {
                 "summary": "An agent's desired state; only an agent's own id is allowed", "security": secured,
                 "parameters": [agent_id_param],
-                "responses": {"200": {"description": "Desired state", "content": _json(TARGET_STATE)},
-                              **_errors(401, 403, 503)},
+                "responses": {"200": {"description": "Desired state", "headers": {"ETag": {"schema": {"type": "string"}}},
+                                      "content": _json(TARGET_STATE)},
+                              **_errors(401, 403)},
             }},
             "/api/v1/agents/self/events": {"post": {
                 "summary": "Report a batch of apply events", "security": secured,
                 "requestBody": {"required": True, "content": _json(EVENTS_REQUEST)},
                 "responses": {"200": {"description": "Stored", "content": _json(EVENTS_RESPONSE)},
-                              **_errors(400, 401, 404, 413, 503)},
+                              **_errors(401, 404, 408)},
             }},
             "/api/v1/openapi.json": {"get": {
-                "summary": "This document", "responses": {"200": {"description": "OpenAPI document"}},
+                "summary": "This document", "responses": {"200": {"description": "OpenAPI document",
+                                                                   "content": _json({"type": "object"})},
+                                                          **_errors()},
             }},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive", "content": _json(HEALTH)}}}},
+            "/healthz": {"get": {"summary": "Liveness",
+                                 "responses": {"200": {"description": "Alive", "content": _json(HEALTH)}, **_errors()}}},
             "/readyz": {"get": {"summary": "Readiness: the database answers",
-                                "responses": {"200": {"description": "Ready", "content": _json(HEALTH)}, **_errors(503)}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Metrics"}}}},
+                                "responses": {"200": {"description": "Ready", "content": _json(HEALTH)}, **_errors()}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                               **_errors()}}},
         },
     }

@@ -244,7 +244,7 @@ async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig
         # The operator never reads Secrets (RBAC grants create and patch only): it issues a key when
         # it has not issued one yet, when the store lost the hash, or when a rotation is asked for.
         key = pak.generate()
-        await store.set_agent_pak_hash(agent.id, key.secret_hash)
+        await store.set_agent_pak_hash(agent.id, key.secret_hash, key.key_id)
         path = SECRETS.path(meta["namespace"], pak_secret_name(meta["name"]))
         await kube.apply(path, pak_secret(body, key.token), FIELD_MANAGER)
         key_id, issued = key.key_id, True

@@ -75,6 +75,7 @@ class Agent:
     last_heartbeat: datetime | None
     pak_hash: str | None
     created_at: datetime
+    pak_key_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class EventIn:
 
 
 _DO_COLUMNS = "id, stack_id, sequence_id, yaml_checksum, submitted_at, is_deletion_marker, yaml_content"
-_AGENT_COLUMNS = "id, name, cluster_name, status, last_heartbeat, pak_hash, created_at"
+_AGENT_COLUMNS = "id, name, cluster_name, status, last_heartbeat, pak_hash, created_at, pak_key_id"
 
 
 class Store:
@@ -135,15 +136,20 @@ class Store:
         self.pool = pool
 
     @classmethod
-    async def open(cls, url: str, min_size: int = 1, max_size: int = 10, timeout: float = 30.0) -> "Store":
-        """Open a pool on `url` and wait until it has its first connection.
+    async def open(
+        cls, url: str, min_size: int = 1, max_size: int = 10, timeout: float = 30.0, open_timeout: float = 30.0
+    ) -> "Store":
+        """Open a pool on `url` and wait (up to `open_timeout`) until it has its first connection.
+
+        `timeout` bounds how long a caller waits for a connection later: during an outage
+        every call fails after at most that long.
 
         Connections are in autocommit mode: a single statement needs no BEGIN/COMMIT
         round trips; every multi-statement write uses an explicit transaction block.
         """
         pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                    kwargs={"autocommit": True})
-        await pool.open(wait=True, timeout=timeout)
+        await pool.open(wait=True, timeout=open_timeout)
         return cls(pool)
 
     async def close(self) -> None:
@@ -322,11 +328,12 @@ class Store:
             await _replace_metadata(conn, agent_id, labels, annotations or {})
             return agent
 
-    async def set_agent_pak_hash(self, agent_id: uuid.UUID, pak_hash: str) -> None:
-        """Store the sha256 of a new PAK secret; the previous key stops working at once."""
+    async def set_agent_pak_hash(self, agent_id: uuid.UUID, pak_hash: str, key_id: str | None = None) -> None:
+        """Store the sha256 of a new PAK secret and its key id; the previous key stops working at once."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE agents SET pak_hash = %s WHERE id = %s AND deleted_at IS NULL", (pak_hash, agent_id)
+                "UPDATE agents SET pak_hash = %s, pak_key_id = %s WHERE id = %s AND deleted_at IS NULL",
+                (pak_hash, key_id, agent_id),
             )
             if cur.rowcount != 1:
                 raise NotFound(f"no live agent {agent_id}")
@@ -450,9 +457,9 @@ class Store:
             ).fetchall()
             return [(a, c) for a, c in rows]
 
-    async def ping(self) -> None:
-        """Raise unless the database answers."""
-        async with self.pool.connection(timeout=2) as conn:
+    async def ping(self, timeout: float = 2.0) -> None:
+        """Raise unless the database answers within `timeout` seconds."""
+        async with self.pool.connection(timeout=timeout) as conn:
             await conn.execute("SELECT 1")
 
     # Agent protocol -------------------------------------------------------------
