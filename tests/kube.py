@@ -1,4 +1,4 @@
-"""A Kubernetes API for tests: kmock's emulator with what stock kmock 0.8 lacks (DESIGN §9).
+"""A Kubernetes API for tests: kmock's emulator with what stock kmock 0.8 lacks (docs/architecture.md, "Testing").
 
 No Kubernetes cluster can run on the test machines, so this emulator stands in
 for the API server, over real HTTP, in its own thread and event loop. It adds:
@@ -168,7 +168,7 @@ class Emulator(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     async def _namespaces(self, request: kmock.Request, name: str | None) -> aiohttp.web.StreamResponse:
-        """Namespaces as objects: stock kmock cannot route /api/v1/namespaces[/name] (DESIGN §9)."""
+        """Namespaces as objects: stock kmock cannot route /api/v1/namespaces[/name] (docs/architecture.md, "Testing")."""
         resource = kmock.resource("", "v1", "namespaces")
         evolved = attrs.evolve(request, resource=resource, namespace=None, name=name)
         method = request.method.value.upper() if hasattr(request.method, "value") else str(request.method).upper()

@@ -1,4 +1,4 @@
-"""Every rule of DESIGN §2 that the database enforces by itself, exercised with raw SQL."""
+"""Every rule of the data model (docs/architecture.md) that the database enforces by itself, exercised with raw SQL."""
 
 from __future__ import annotations
 

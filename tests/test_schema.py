@@ -1,4 +1,4 @@
-"""`stackyard db migrate` creates exactly the schema of DESIGN §2, once, safely under concurrency."""
+"""`stackyard db migrate` creates exactly the schema of the data model (docs/architecture.md), once, safely under concurrency."""
 
 from __future__ import annotations
 

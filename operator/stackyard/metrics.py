@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator and the agent API (DESIGN §7).
+"""Prometheus metrics of the operator and the agent API (README, "Metrics").
 
 Each process builds one `Metrics` with its own registry (no module-level
 state), so tests can run several operators side by side. Labels are bounded:

@@ -1,6 +1,6 @@
 """The agent loop: heartbeat, long-poll the desired state, delete then apply, report events.
 
-Rules (DESIGN §5): server-side apply with field manager `stackyard-agent`,
+Rules (docs/architecture.md, "Agent"): server-side apply with field manager `stackyard-agent`,
 Namespaces and CRDs first; every object labelled with its stack and annotated
 with its deployment object; a per-stack inventory ConfigMap in the agent's
 namespace; pruning only what an inventory lists, never an object that a live

@@ -1,4 +1,4 @@
-"""The aiohttp application of the agent API (DESIGN §4).
+"""The aiohttp application of the agent API (docs/architecture.md, "Agent API").
 
 Every error is JSON `{code, message}`; no input reaches SQL except as a
 parameter; a database outage answers 503; nothing answers 500 for any input.

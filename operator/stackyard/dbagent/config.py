@@ -1,4 +1,4 @@
-"""dbagent configuration (DESIGN §6): YAML, validated on load; every error names its key."""
+"""dbagent configuration (README, "The database sidecar"): YAML, validated on load; every error names its key."""
 
 from __future__ import annotations
 

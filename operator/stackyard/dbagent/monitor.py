@@ -32,7 +32,7 @@ ALLOWED_TRANSITIONS = {
 
 
 def transition(current: str, wanted: str) -> str:
-    """The next instance status: only the transitions of DESIGN §6 happen; anything else keeps the current one."""
+    """The next instance status: only the documented transitions happen (README, "The database sidecar"); anything else keeps the current one."""
     return wanted if (current, wanted) in ALLOWED_TRANSITIONS else current
 
 

@@ -1,4 +1,5 @@
--- stackyard initial schema: the seven tables of DESIGN §2 and the rules the
+-- stackyard initial schema: the seven tables of the data model
+-- (docs/architecture.md, "Data model and its rules") and the rules the
 -- database enforces on them.
 
 -- Timestamps -----------------------------------------------------------------
