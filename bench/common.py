@@ -73,11 +73,9 @@ def kubeconfig(path: Path, server: str) -> Path:
 async def prepare_cluster(client, namespace: str) -> None:
     """Apply stackyard's CRDs and create the benchmark's namespace (both idempotent), as `make run` would."""
     for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        await client.apply(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}",
-                           crd, "stackyard-bench")
-    await client.apply(f"/api/v1/namespaces/{namespace}",
-                       {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}, "stackyard-bench")
+        await client.apply(yaml.safe_load(path.read_text()), "stackyard-bench")
+    client.forget_discovery()
+    await client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}, "stackyard-bench")
 
 
 def free_port() -> int:

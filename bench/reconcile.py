@@ -16,14 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import kopf
 import psycopg
 
 from common import PeakRss, database, free_port, kubeconfig, machine, prepare_cluster, progress, stackyard_process
 
-from stackyard.kube import ApiResource, KubeClient, default_connection  # noqa: E402
-
-STACKS = ApiResource("stackyard.dev/v1alpha1", "Stack", "stacks", True)
+from stackyard.kube import Kube, load_configuration, url_configuration  # noqa: E402
 
 
 def stack(i: int) -> dict:
@@ -54,7 +51,8 @@ async def run(count: int) -> None:
                                  "--api-address", f"127.0.0.1:{free_port()}", env=env)
         rss = PeakRss(proc.pid)
         # The cluster the operator runs against, with the same credentials (the kubeconfig's, when set).
-        client = KubeClient(kopf.ConnectionInfo(server=server_url, insecure=True) if server_url else default_connection())
+        client = Kube(url_configuration(server_url) if server_url else load_configuration(), user_agent="stackyard-bench",
+                      workers=16)
         try:
             await prepare_cluster(client, "bench")
             await asyncio.sleep(2)  # let the operator start its watches
@@ -64,7 +62,7 @@ async def run(count: int) -> None:
 
             async def create(i: int) -> None:
                 async with semaphore:
-                    await client.request("POST", STACKS.path("bench"), stack(i))
+                    await client.create(stack(i))
 
             await asyncio.gather(*(create(i) for i in range(count)))
             created = time.monotonic() - started
@@ -74,8 +72,8 @@ async def run(count: int) -> None:
                 while True:
                     rss.sample()
                     stored = conn.execute("SELECT count(*) FROM deployment_objects").fetchone()[0]
-                    listing = await client.get(STACKS.path("bench"))
-                    ready = sum(1 for item in listing["items"] if any(
+                    listing = await client.list("stackyard.dev/v1alpha1", "Stack", "bench")
+                    ready = sum(1 for item in listing if any(
                         c.get("type") == "Ready" and c.get("status") == "True"
                         for c in (item.get("status") or {}).get("conditions", [])))
                     if ready != last:

@@ -134,7 +134,7 @@ async def cluster(kube_server) -> AsyncIterator["Cluster"]:
     """kubectl for the test: a client of the emulated API server in the test's own loop."""
     import kopf
 
-    from stackyard.kube import KubeClient
+    from .kubectl import KubeClient
 
     from .operator_harness import Cluster
 

@@ -99,6 +99,14 @@ class Emulator(kmock.KubernetesEmulator):
     held_rules: list[dict[str, Any]] | None = None
     # Requests RBAC would refuse: (method, path, user agent) -> True answers 403.
     forbid: Callable[[str, str, str], bool] | None = None
+    # Authentication as the API server does it: a request whose bearer token this refuses gets 401.
+    accept_token: Callable[[str], bool] | None = None
+
+    def inject(self, method: str, path_contains: str, status: int, times: int = 1,
+               headers: dict[str, str] | None = None) -> None:
+        """Answer the next `times` matching requests with `status` (e.g. 429 with Retry-After, a 500)."""
+        self.__dict__.setdefault("_faults", []).append(
+            {"method": method, "path": path_contains, "status": status, "times": times, "headers": headers or {}})
 
     def _escalation(self, request: kmock.Request, body: Any) -> aiohttp.web.StreamResponse | None:
         resource = getattr(request.resource, "plural", None)
@@ -143,6 +151,16 @@ class Emulator(kmock.KubernetesEmulator):
         served: collections.Counter = self.__dict__.setdefault("_served", collections.Counter())
         method = request.method.value.upper() if hasattr(request.method, "value") else str(request.method).upper()
         served[(method, request.url.path)] += 1
+        if self.accept_token is not None:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not self.accept_token(token):
+                return _status(401, "Unauthorized", "Unauthorized")
+        for fault in self.__dict__.setdefault("_faults", []):
+            if fault["times"] > 0 and fault["method"] == method and fault["path"] in request.url.path:
+                fault["times"] -= 1
+                response = _status(fault["status"], "Injected", f"injected {fault['status']}")
+                response.headers.update(fault["headers"])
+                return response
         if self.forbid is not None and self.forbid(method, request.url.path, request.headers.get("User-Agent", "")):
             return _status(403, "Forbidden", f"{method} {request.url.path} is forbidden for this user (test RBAC)")
         match = NAMESPACE_PATH.match(request.url.path)

@@ -19,11 +19,12 @@ import kopf
 from stackyard.agent.broker import BrokerClient
 from stackyard.agent.loop import AgentSettings, StackAgent
 from stackyard.agent.main import key_reader
-from stackyard.kube import SECRETS, ApiResource, KubeClient
+from stackyard.kube import Kube, url_configuration
 from stackyard.metrics import AgentMetrics
 
 from .api_harness import RunningApi
 from .kube import KubeServer
+from .kubectl import SECRETS, ApiResource, KubeClient
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, Cluster, condition, eventually
 
 CONFIGMAPS = ApiResource("v1", "ConfigMap", "configmaps", True)
@@ -46,7 +47,7 @@ def agent_settings(**overrides: Any) -> AgentSettings:
 class RunningAgent:
     agent: StackAgent
     task: asyncio.Task
-    kube: KubeClient
+    kube: Kube
     broker: BrokerClient
 
     async def stop(self) -> None:
@@ -57,8 +58,9 @@ class RunningAgent:
         await self.kube.close()
 
 
-async def start_agent(api_url: str, pak_file: Path, target: KubeServer, **settings: Any) -> RunningAgent:
-    kube = KubeClient(kopf.ConnectionInfo(server=target.url, insecure=True))
+async def start_agent(api_url: str, pak_file: Path, target: KubeServer, kube: Kube | None = None,
+                      **settings: Any) -> RunningAgent:
+    kube = kube or Kube(url_configuration(target.url), user_agent="stackyard-agent")
     broker = BrokerClient(api_url, key_reader(pak_file))
     agent = StackAgent(broker, kube, agent_settings(**settings), AgentMetrics())
     return RunningAgent(agent, asyncio.create_task(agent.run()), kube, broker)

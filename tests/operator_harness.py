@@ -12,10 +12,10 @@ import kopf
 
 from stackyard.config import GROUP, VERSION, OperatorConfig
 from stackyard.controller.operator import run_operator
-from stackyard.kube import ApiResource, KubeClient
 from stackyard.metrics import Metrics
 
 from .kube import KubeServer, LoopThread
+from .kubectl import ApiResource, KubeClient
 
 T = TypeVar("T")
 

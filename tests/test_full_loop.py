@@ -249,7 +249,7 @@ async def test_stacks_that_ship_rbac_apply_under_the_agents_own_rbac(api, cluste
 async def target_server_has(server, path: str) -> bool:
     import kopf
 
-    from stackyard.kube import KubeClient
+    from .kubectl import KubeClient
 
     async with KubeClient(kopf.ConnectionInfo(server=server.url, insecure=True)) as client:
         return await client.get_or_none(path) is not None

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import kopf
 import pytest
 
 from stackyard.controller.leader import LeaseElector, LostLeadership
-from stackyard.kube import KubeClient
+from stackyard.kube import Kube, url_configuration
 
 
 @pytest.fixture
 async def kube(kube_server):
-    client = KubeClient(kopf.ConnectionInfo(server=kube_server.url, insecure=True))
+    client = Kube(url_configuration(kube_server.url))
     yield client
     await client.close()
 
@@ -31,7 +30,7 @@ async def test_one_leader_a_standby_and_a_takeover(kube):
     assert not standby.done()
     keeper.cancel()  # the holder dies without releasing
     await asyncio.wait_for(standby, timeout=10)
-    lease = await kube.get(second.path)
+    lease = await kube.get(second.ref)
     assert lease["spec"]["holderIdentity"] == "replica-b"
     assert lease["spec"]["leaseTransitions"] == 1
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from stackyard.controller.handlers import as_invalid_spec
-from stackyard.kube import KubeError
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import api_exception
 
 from .crd_schema import validate
 from .operator_harness import AGENTS, STACKS, condition
@@ -46,4 +47,5 @@ def test_the_crd_refuses_agent_names_that_leave_no_room_for_the_secret():
 @pytest.mark.parametrize("status,permanent", [(400, True), (403, True), (404, True), (422, True), (409, False),
                                               (429, False), (500, False), (503, False), (0, False)])
 def test_api_server_answers_other_than_conflict_and_throttling_are_permanent(status, permanent):
-    assert (as_invalid_spec(KubeError(status, "Reason", "message")) is not None) is permanent
+    error = api_exception(ApiException(status=status, reason="Reason"))
+    assert (as_invalid_spec(error) is not None) is permanent

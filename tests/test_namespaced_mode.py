@@ -32,8 +32,8 @@ def role_only(method: str, path: str, user_agent: str) -> bool:
     """
     if user_agent == "stackyard":
         return False
-    if path in ("/api", "/apis") or re.fullmatch(r"/apis?/[^/]+(/[^/]+)?", path):
-        return False
+    if path in ("/api", "/apis", "/version") or re.fullmatch(r"/apis?/[^/]+(/[^/]+)?", path):
+        return False  # discovery and /version: every authenticated user may read them (system:discovery)
     match = NAMESPACED.match(path)
     if match is None:
         return True  # cluster-wide: namespaces, CRDs, or a list across all namespaces

@@ -6,8 +6,8 @@ import base64
 import uuid
 
 from stackyard import pak
-from stackyard.kube import SECRETS
 
+from .kubectl import SECRETS
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, condition, eventually
 from .test_operator_stack import configmap, stack
 

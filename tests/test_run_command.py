@@ -104,7 +104,7 @@ def test_the_kube_client_accepts_kubeconfig_style_base64_certificates():
 
     import kopf
 
-    from stackyard.kube import KubeClient
+    from .kubectl import KubeClient
 
     pem = (Path(__file__).parent / "data" / "test-ca.pem").read_bytes()  # a throwaway self-signed test CA
     info = kopf.ConnectionInfo(server="https://127.0.0.1:6443", ca_data=base64.b64encode(pem).decode())

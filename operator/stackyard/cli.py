@@ -187,15 +187,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     if not args.broker_url or not args.pak_file:
         raise ValueError("--broker-url and --pak-file are required (or STACKYARD_BROKER_URL and STACKYARD_PAK_FILE)")
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
     settings = AgentSettings(
         namespace=args.namespace,
         heartbeat_interval=duration_seconds(args.heartbeat_interval),
         resync_interval=duration_seconds(args.resync_interval),
         retry_max=duration_seconds(args.retry_max),
     )
-    asyncio.run(run_agent(args.broker_url, Path(args.pak_file), settings, args.metrics_address, args.health_address))
+    asyncio.run(run_agent(args.broker_url, Path(args.pak_file), settings, args.metrics_address, args.health_address,
+                          kubeconfig=args.kubeconfig))
     return 0
 
 

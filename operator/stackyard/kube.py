@@ -1,187 +1,309 @@
-"""A small async Kubernetes API client over aiohttp, sharing Kopf's login (kubeconfig or service account).
+"""stackyard's own Kubernetes calls, made with the official `kubernetes` client.
 
-The operator needs it for the PAK Secrets; the agent for discovery, server-side
-apply, listing and deleting. Every call it makes is listed in `KUBE_CALLS` next
-to the code, so the RBAC rules can be checked against it.
+What this module adds to the client, and nothing more: credentials that keep
+working (a service account token re-read when its file changes; kubeconfig
+`exec` plugins refreshed by the client itself), retries the API server asks
+for, calls run off the event loop, and `KUBE_CALLS`, the list of every call
+stackyard makes, which the RBAC must grant (tests/test_rbac.py).
+
+Why threads: the official client is synchronous (urllib3). Each call runs in
+a small bounded thread pool, so the asyncio loop never blocks and a burst of
+calls cannot start unbounded threads; the pool's size bounds the concurrent
+requests to the API server too.
+
+Errors are the client's typed exceptions (`kubernetes.dynamic.exceptions`:
+`NotFoundError`, `ConflictError`, `ForbiddenError`, ... all `ApiError`);
+network failures surface as `urllib3.exceptions.HTTPError`.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import functools
 import json
-from collections.abc import Mapping
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
+from pathlib import Path
+from typing import Any, TypeVar
 
-import aiohttp
-import kopf
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ConflictError, DynamicApiError, NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.resource import Resource
 
-JSON_MERGE_PATCH = "application/merge-patch+json"
-APPLY_PATCH = "application/apply-patch+yaml"
+T = TypeVar("T")
+
+ApiError = DynamicApiError
+__all__ = ["ApiError", "DynamicApiError", "CALL_ERRORS", "ConflictError", "KUBE_CALLS", "Kube", "NotFoundError", "Ref",
+           "ResourceNotFoundError", "describe", "kube_configuration", "load_configuration",
+           "url_configuration"]
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# Retried: throttling (429, Retry-After honoured) and server errors, on idempotent methods only
+# (server-side apply and merge patches are idempotent; POST is not retried).
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+RETRY_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "PATCH"})
 
 
-class KubeError(Exception):
-    """A Kubernetes API call failed; `status` is the HTTP status (0 when unreachable)."""
+def retry_policy(total: int = 5, backoff: float = 0.5, maximum: float = 30.0) -> urllib3.Retry:
+    """Jittered exponential backoff, `Retry-After` honoured, bounded in count and delay."""
+    return urllib3.Retry(
+        total=total, connect=total, read=0, status=total, other=0,
+        status_forcelist=RETRY_STATUSES, allowed_methods=RETRY_METHODS,
+        backoff_factor=backoff, backoff_max=maximum, backoff_jitter=backoff,
+        respect_retry_after_header=True, raise_on_status=False,
+    )
 
-    def __init__(self, status: int, reason: str, message: str):
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
+
+class TokenFile:
+    """A bearer token read from a file and read again whenever the file changes.
+
+    The kubelet rewrites a projected service account token before it expires;
+    an agent that read it once would stop working after the first rotation.
+    Checking the file's modification time is one `stat` per request.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._seen: tuple[float, int] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, configuration: k8s.Configuration) -> None:
+        stat = self.path.stat()
+        key = (stat.st_mtime, stat.st_size)
+        with self._lock:
+            if key != self._seen:
+                configuration.api_key["BearerToken"] = self.path.read_text().strip()
+                configuration.api_key_prefix["BearerToken"] = "Bearer"
+                self._seen = key
+
+
+def in_cluster_configuration(host: str, token_file: Path, ca_file: Path | None) -> k8s.Configuration:
+    """A configuration for a service account: `host`, the token file (re-read on change), the CA."""
+    configuration = k8s.Configuration(host=host)
+    if ca_file is not None:
+        configuration.ssl_ca_cert = str(ca_file)
+    else:
+        configuration.verify_ssl = False
+    token = TokenFile(token_file)
+    token(configuration)  # the client adds the header only when a key is present, then refreshes it per request
+    configuration.refresh_api_key_hook = token
+    configuration.retries = retry_policy()
+    return configuration
+
+
+def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
+    """In-cluster service account when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config).
+
+    The kubeconfig is loaded by the official client: `exec` credential plugins
+    (EKS, GKE, AKS, OIDC) with their expiry and refresh, `proxy-url` and
+    `tls-server-name` all work as in kubectl.
+    """
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if kubeconfig is None and host and port and (SERVICE_ACCOUNT / "token").exists():
+        url = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        return in_cluster_configuration(url, SERVICE_ACCOUNT / "token", SERVICE_ACCOUNT / "ca.crt")
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    except k8s_config.ConfigException as exc:
+        raise RuntimeError(
+            f"no Kubernetes credentials ({exc}): run in a pod with a service account, or set KUBECONFIG"
+        ) from None
+    configuration.retries = retry_policy()
+    return configuration
+
+
+def url_configuration(server: str, token: str | None = None) -> k8s.Configuration:
+    """A configuration for a plain URL (tests and benchmarks against an emulated API server)."""
+    configuration = k8s.Configuration(host=server.rstrip("/"))
+    configuration.verify_ssl = False
+    if token:
+        configuration.api_key["BearerToken"] = token
+        configuration.api_key_prefix["BearerToken"] = "Bearer"
+    configuration.retries = retry_policy()
+    return configuration
+
+
+def kube_configuration(connection: Any = None) -> k8s.Configuration:
+    """The configuration for a Kopf `ConnectionInfo` given explicitly (tests), else `load_configuration()`."""
+    if connection is not None:
+        return url_configuration(connection.server, connection.token)
+    return load_configuration()
 
 
 @dataclass(frozen=True)
-class ApiResource:
-    """Where objects of one kind live in the API."""
+class Ref:
+    """Which object: apiVersion, kind, name and (for namespaced kinds) namespace."""
 
-    group_version: str
+    api_version: str
     kind: str
-    plural: str
-    namespaced: bool
-
-    def path(self, namespace: str | None = None, name: str | None = None) -> str:
-        base = f"/api/{self.group_version}" if "/" not in self.group_version else f"/apis/{self.group_version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{quote(namespace, safe='')}"
-        base += f"/{self.plural}"
-        if name:
-            base += f"/{quote(name, safe='')}"
-        return base
+    name: str
+    namespace: str | None = None
 
 
-class KubeClient:
-    """Async JSON client for one API server."""
+def describe(exc: BaseException) -> str:
+    """A one-line account of a failed call, for logs, conditions and agent events."""
+    if isinstance(exc, DynamicApiError):
+        message = ""
+        try:
+            message = json.loads(exc.body or "{}").get("message", "")
+        except (ValueError, AttributeError):
+            message = str(exc.body or "")[:300]
+        return f"{exc.status} {exc.reason}: {message}".rstrip(": ")
+    if isinstance(exc, ResourceNotFoundError):
+        return f"404 NotFound: the server does not serve this kind ({exc})"
+    return f"unreachable: {exc}"
 
-    def __init__(self, info: kopf.ConnectionInfo, timeout: float = 30.0, user_agent: str = "stackyard"):
-        self.info = info
-        self.server = info.server.rstrip("/")
-        headers = {"Accept": "application/json", "User-Agent": user_agent}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username and info.password:
-            raw = f"{info.username}:{info.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        self._headers = headers
-        # Kopf builds the context (CA and client certificates, base64 kubeconfig data decoded, insecure honoured).
-        self._ssl = info.as_ssl_context() if self.server.startswith("https") else False
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._discovery: dict[tuple[str, str], ApiResource] = {}
 
-    async def __aenter__(self) -> "KubeClient":
+# What a call may raise besides a bug: an answer of the API server, an unknown kind, the network.
+CALL_ERRORS: tuple[type[BaseException], ...] = (DynamicApiError, ResourceNotFoundError, urllib3.exceptions.HTTPError,
+                                                OSError)
+
+
+class Kube:
+    """Async access to one API server through the official client (one per process and credential)."""
+
+    def __init__(self, configuration: k8s.Configuration, user_agent: str = "stackyard", workers: int = 4):
+        self.api_client = k8s.ApiClient(configuration)
+        self.api_client.user_agent = user_agent
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{user_agent}-kube")
+        self._dynamic: DynamicClient | None = None
+        self._dynamic_lock = threading.Lock()
+        self._cache_dir = tempfile.mkdtemp(prefix="stackyard-discovery-")
+
+    async def __aenter__(self) -> "Kube":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _session_now(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=self._ssl)
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        content_type: str = "application/json",
-        params: Mapping[str, str] | None = None,
-    ) -> Any:
-        """One API call; returns the decoded JSON or raises KubeError."""
-        # Raw UTF-8, never \uXXXX escapes: an apply body is parsed as YAML, which refuses the surrogate
-        # pairs a JSON encoder writes for characters outside the BMP (emoji).
-        data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
-        headers = {"Content-Type": content_type} if data is not None else None
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking client call in the pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    # Discovery --------------------------------------------------------------------------
+
+    def _client(self) -> DynamicClient:
+        with self._dynamic_lock:
+            if self._dynamic is None:
+                # The discoverer caches in a file; one per client, so two API servers never share it.
+                self._dynamic = DynamicClient(self.api_client, cache_file=os.path.join(self._cache_dir, "discovery.json"))
+            return self._dynamic
+
+    def _resource(self, api_version: str, kind: str) -> Resource:
         try:
-            async with self._session_now().request(
-                method, self.server + path, data=data, headers=headers, params=params
-            ) as response:
-                text = await response.text()
-                if response.status >= 400:
-                    reason, message = response.reason or "", text[:500]
-                    try:
-                        status_body = json.loads(text)
-                        reason = status_body.get("reason", reason)
-                        message = status_body.get("message", message)
-                    except ValueError:
-                        pass
-                    raise KubeError(response.status, str(reason), str(message))
-                return json.loads(text) if text else None
-        except aiohttp.ClientError as exc:
-            raise KubeError(0, "Unreachable", f"{method} {path}: {exc}") from exc
-        except TimeoutError as exc:
-            raise KubeError(0, "Timeout", f"{method} {path} timed out") from exc
+            return self._client().resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            # A kind created a moment ago (a CRD just established): discover again once.
+            self._client().resources.invalidate_cache()
+            return self._client().resources.get(api_version=api_version, kind=kind)
 
-    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
-        return await self.request("GET", path, params=params)
-
-    async def get_or_none(self, path: str) -> Any:
-        """GET, or None on 404."""
-        try:
-            return await self.get(path)
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def apply(self, path: str, body: Mapping[str, Any], field_manager: str, force: bool = True) -> Any:
-        """Server-side apply of `body` at the object's `path`."""
-        params = {"fieldManager": field_manager}
-        if force:
-            params["force"] = "true"
-        return await self.request("PATCH", path, body, APPLY_PATCH, params)
-
-    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> Any:
-        return await self.request("PATCH", path, body, JSON_MERGE_PATCH)
-
-    async def delete(self, path: str, propagation: str = "Background") -> bool:
-        """Delete; False when it was already gone."""
-        try:
-            await self.request("DELETE", path, {"propagationPolicy": propagation})
-            return True
-        except KubeError as exc:
-            if exc.status == 404:
-                return False
-            raise
-
-    async def resource_for(self, api_version: str, kind: str) -> ApiResource:
-        """Discover plural and scope of `kind` in `api_version` (cached)."""
-        key = (api_version, kind)
-        if key not in self._discovery:
-            path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-            listing = await self.get(path)
-            for entry in listing.get("resources", []):
-                if "/" in entry.get("name", ""):
-                    continue
-                resource = ApiResource(api_version, entry["kind"], entry["name"], bool(entry.get("namespaced")))
-                self._discovery[(api_version, entry["kind"])] = resource
-            if key not in self._discovery:
-                raise KubeError(404, "NotFound", f"the server has no kind {kind!r} in {api_version!r}")
-        return self._discovery[key]
+    async def resource(self, api_version: str, kind: str) -> Resource:
+        """The API resource of a kind; `ResourceNotFoundError` when the server does not serve it."""
+        return await self.run(self._resource, api_version, kind)
 
     def forget_discovery(self) -> None:
         """Drop cached discovery (after CRDs were created)."""
-        self._discovery.clear()
+        if self._dynamic is not None:
+            self._dynamic.resources.invalidate_cache()
 
+    # Calls --------------------------------------------------------------------------------
 
-def default_connection() -> kopf.ConnectionInfo:
-    """In-cluster service account first, then the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise RuntimeError("no Kubernetes credentials: run in a pod with a service account, or set KUBECONFIG")
-    return info
+    def _namespace(self, resource: Resource, namespace: str | None) -> str | None:
+        return namespace if resource.namespaced else None
 
+    async def get(self, ref: Ref) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
 
-SECRETS = ApiResource("v1", "Secret", "secrets", True)
+        def call() -> dict[str, Any] | None:
+            resource = self._resource(ref.api_version, ref.kind)
+            try:
+                return self._client().get(resource, name=ref.name, namespace=self._namespace(resource, ref.namespace)).to_dict()
+            except NotFoundError:
+                return None
+
+        return await self.run(call)
+
+    async def list(self, api_version: str, kind: str, namespace: str | None = None,
+                   label_selector: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The objects of a kind (in a namespace, matching a label selector)."""
+
+        def call() -> list[dict[str, Any]]:
+            resource = self._resource(api_version, kind)
+            answer = self._client().get(resource, namespace=self._namespace(resource, namespace),
+                                        label_selector=label_selector, limit=limit)
+            return [item for item in answer.to_dict().get("items") or []]
+
+        return await self.run(call)
+
+    async def apply(self, body: Mapping[str, Any], field_manager: str, force: bool = True) -> dict[str, Any]:
+        """Server-side apply of `body` (apiVersion, kind, metadata.name and, if namespaced, metadata.namespace).
+
+        The body is sent as UTF-8 JSON text, not `\\uXXXX` escapes: the API server parses an apply
+        body as YAML, which refuses the surrogate pairs a default JSON encoder writes for emoji.
+        """
+        meta = body.get("metadata") or {}
+
+        def call() -> dict[str, Any]:
+            resource = self._resource(body["apiVersion"], body["kind"])
+            return self._client().server_side_apply(
+                resource, body=json.dumps(body, ensure_ascii=False), name=meta["name"],
+                namespace=self._namespace(resource, meta.get("namespace")), field_manager=field_manager,
+                force_conflicts="true" if force else None,
+            ).to_dict()
+
+        return await self.run(call)
+
+    async def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create an object (not retried: POST is not idempotent)."""
+
+        def call() -> dict[str, Any]:
+            resource = self._resource(body["apiVersion"], body["kind"])
+            namespace = self._namespace(resource, (body.get("metadata") or {}).get("namespace"))
+            return self._client().create(resource, body=dict(body), namespace=namespace).to_dict()
+
+        return await self.run(call)
+
+    async def merge_patch(self, ref: Ref, patch: Mapping[str, Any], subresource: str | None = None) -> dict[str, Any]:
+        """A JSON merge patch of the object (or of its `status` subresource)."""
+
+        def call() -> dict[str, Any]:
+            resource = self._resource(ref.api_version, ref.kind)
+            if subresource:
+                resource = resource.subresources[subresource]
+            return self._client().patch(resource, body=dict(patch), name=ref.name,
+                                        namespace=self._namespace(resource, ref.namespace),
+                                        content_type="application/merge-patch+json").to_dict()
+
+        return await self.run(call)
+
+    async def delete(self, ref: Ref, propagation: str = "Background") -> bool:
+        """Delete; False when it was already gone (or its kind is no longer served)."""
+
+        def call() -> bool:
+            try:
+                resource = self._resource(ref.api_version, ref.kind)
+            except ResourceNotFoundError:
+                return False  # the kind is gone, and so are its objects
+            try:
+                self._client().delete(resource, name=ref.name, namespace=self._namespace(resource, ref.namespace),
+                                      propagation_policy=propagation)
+            except NotFoundError:
+                return False
+            return True
+
+        return await self.run(call)
+
 
 # Every Kubernetes call stackyard makes: (component, verb, group, resource). The RBAC in manifests/
 # and in the chart must grant exactly these; tests/test_rbac.py checks both ways, and that the

@@ -18,7 +18,7 @@ from .api.waiters import StateWaiters
 from .config import GROUP, VERSION, OperatorConfig
 from .controller.leader import LeaseElector
 from .controller.operator import run_operator
-from .kube import KubeClient, KubeError, default_connection
+from .kube import CALL_ERRORS, Kube, describe, kube_configuration
 from .metrics import AgentMetrics, Metrics
 from .store import Store
 
@@ -167,11 +167,10 @@ async def run_all(config: OperatorConfig, addresses: RunAddresses, api_settings:
         await maintenance.close()
 
 
-def watched_paths(config: OperatorConfig) -> list[str]:
-    """A LIST of every watched kind in every watched namespace: what the operator's watches need to be allowed."""
+def watched_scopes(config: OperatorConfig) -> list[tuple[str | None, str]]:
+    """(namespace or None for all, kind) of every watch the operator runs."""
     scopes = [None] if config.all_namespaces else config.namespaces
-    return [f"/apis/{GROUP}/{VERSION}" + (f"/namespaces/{ns}" if ns else "") + f"/{plural}"
-            for ns in scopes for plural in ("stacks", "agenttargets", "agents")]
+    return [(ns, kind) for ns in scopes for kind in ("Stack", "AgentTarget", "Agent")]
 
 
 async def become_ready(config: OperatorConfig, started: asyncio.Event, readiness: Readiness,
@@ -179,15 +178,15 @@ async def become_ready(config: OperatorConfig, started: asyncio.Event, readiness
     """Once Kopf has started, check that every watch is allowed, then say so once (log and /readyz)."""
     await started.wait()
     readiness.reason = "checking that the operator may watch its resources"
-    async with KubeClient(config.kube_connection or default_connection(), user_agent="stackyard-operator") as kube:
+    async with Kube(kube_configuration(config.kube_connection), user_agent="stackyard-operator") as kube:
         reported = ""
         while True:
             refused = []
-            for path in watched_paths(config):
+            for namespace, kind in watched_scopes(config):
                 try:
-                    await kube.get(path, params={"limit": "1"})
-                except KubeError as exc:
-                    refused.append(f"{path}: {exc.status} {exc.reason}")
+                    await kube.list(f"{GROUP}/{VERSION}", kind, namespace, limit=1)
+                except CALL_ERRORS as exc:
+                    refused.append(f"{kind} in {namespace or 'all namespaces'}: {describe(exc)}")
             if not refused:
                 break
             readiness.reason = "cannot list " + "; ".join(refused)
@@ -203,7 +202,7 @@ async def become_ready(config: OperatorConfig, started: asyncio.Event, readiness
 
 async def run_as_leader(config: OperatorConfig, metrics: Metrics, liveness: str, started: asyncio.Event) -> None:
     """Stand by until this replica holds the Lease, then run the operator while renewing it."""
-    async with KubeClient(config.kube_connection or default_connection(), user_agent="stackyard-operator") as kube:
+    async with Kube(kube_configuration(config.kube_connection), user_agent="stackyard-operator") as kube:
         elector = LeaseElector(kube, config.leader_election_namespace or "", config.identity)
         await elector.acquire()
         stop = asyncio.Event()

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..kube import ApiResource, KubeClient, KubeError
+from ..kube import CALL_ERRORS, Kube, Ref, describe
 from ..metrics import AgentMetrics
 from .broker import BrokerClient, BrokerError
 from .manifests import (
@@ -35,8 +35,10 @@ from .manifests import (
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "stackyard-agent"
-CONFIGMAPS = ApiResource("v1", "ConfigMap", "configmaps", True)
-CRDS = ApiResource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False)
+
+
+class ApplyFailed(Exception):
+    """Applying or deleting one object failed; the message names the object and the API server's answer."""
 
 
 @dataclass
@@ -80,7 +82,7 @@ class StackAgent:
     """One agent's state; `run()` is the whole loop."""
 
     broker: BrokerClient
-    kube: KubeClient
+    kube: Kube
     settings: AgentSettings
     metrics: AgentMetrics
     etag: str | None = None
@@ -125,6 +127,10 @@ class StackAgent:
             except BrokerError as exc:
                 self.metrics.broker_errors_total.labels("target-state").inc()
                 log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, broker_delay)
+                await asyncio.sleep(broker_delay)
+                broker_delay = min(broker_delay * 2, self.settings.retry_max)
+            except CALL_ERRORS as exc:  # the target cluster's API server (listing inventories)
+                log.warning("cannot reach the cluster (%s); retrying in %.1fs", describe(exc), broker_delay)
                 await asyncio.sleep(broker_delay)
                 broker_delay = min(broker_delay * 2, self.settings.retry_max)
             except asyncio.CancelledError:
@@ -173,11 +179,10 @@ class StackAgent:
         self.metrics.last_sync_timestamp_seconds.set(time.time())
 
     async def _inventories(self) -> dict[str, Inventory]:
-        listing = await self.kube.get(CONFIGMAPS.path(self.settings.namespace))
+        """This agent's inventories: labelled ConfigMaps in its own namespace, listed by label selector."""
+        items = await self.kube.list("v1", "ConfigMap", self.settings.namespace, label_selector=f"{INVENTORY_LABEL}=true")
         found = {}
-        for item in listing.get("items", []):
-            if (item.get("metadata", {}).get("labels") or {}).get(INVENTORY_LABEL) != "true":
-                continue
+        for item in items:
             inventory = Inventory.from_configmap(item)
             if inventory is not None:
                 found[inventory.stack_id] = inventory
@@ -209,11 +214,13 @@ class StackAgent:
             marker = markers.get(stack_id)
             try:
                 removed = await self._delete_objects(inventory.objects - claimed)
-                await self.kube.delete(CONFIGMAPS.path(self.settings.namespace, inventory_name(stack_id)))
-            except KubeError as exc:
+                await self.kube.delete(Ref("v1", "ConfigMap", inventory_name(stack_id), self.settings.namespace))
+            except (ApplyFailed, *CALL_ERRORS) as exc:
+                message = exc if isinstance(exc, ApplyFailed) else describe(exc)
                 if marker is not None:
-                    self._event(marker, "DELETE", "FAILURE", f"removing the stack's objects failed: {exc}")
-                log.warning("removing objects of stack %s failed, will retry: %s", inventory.stack_name or stack_id, exc)
+                    self._event(marker, "DELETE", "FAILURE", f"removing the stack's objects failed: {message}")
+                log.warning("removing objects of stack %s failed, will retry: %s", inventory.stack_name or stack_id,
+                            message)
                 continue
             reason = "deleted" if marker is not None else "no longer targeted to this agent"
             log.info("stack %s is %s: removed %d objects", inventory.stack_name or stack_id, reason, removed)
@@ -252,8 +259,11 @@ class StackAgent:
                 if obj["kind"] == "CustomResourceDefinition":
                     await self._wait_established(obj)
             await self._write_inventory(stack, new_refs, applied=True)
-        except (KubeError, BadManifest) as exc:
+        except (ApplyFailed, BadManifest) as exc:
             self._failed(stack, exc)
+            return
+        except CALL_ERRORS as exc:  # the inventory could not be written
+            self._failed(stack, ApplyFailed(f"inventory: {describe(exc)}"))
             return
         self.backoffs.pop(stack.deployment_object_id, None)
         self.metrics.applies_total.labels("success").inc()
@@ -273,21 +283,16 @@ class StackAgent:
 
     # Kubernetes ---------------------------------------------------------------------
 
-    async def _resource(self, ref: ObjectRef) -> tuple[ApiResource, str | None]:
-        resource = await self.kube.resource_for(ref.api_version, ref.kind)
-        namespace = (ref.namespace or self.settings.default_namespace) if resource.namespaced else None
-        return resource, namespace
-
     async def _apply_object(self, stack: DesiredStack, obj: dict[str, Any]) -> None:
         ref = ref_of(obj)
         try:
-            resource, namespace = await self._resource(ref)
+            resource = await self.kube.resource(ref.api_version, ref.kind)
             body = decorate(obj, stack.stack_id, stack.deployment_object_id, stack.checksum)
-            if namespace:
-                body["metadata"]["namespace"] = namespace
-            await self.kube.apply(resource.path(namespace, ref.name), body, FIELD_MANAGER)
-        except KubeError as exc:
-            raise KubeError(exc.status, exc.reason, f"{ref}: {exc.message}") from None
+            if resource.namespaced:
+                body["metadata"]["namespace"] = ref.namespace or self.settings.default_namespace
+            await self.kube.apply(body, FIELD_MANAGER)
+        except CALL_ERRORS as exc:
+            raise ApplyFailed(f"{ref}: {describe(exc)}") from None
         self.metrics.objects_applied_total.inc()
 
     async def _delete_objects(self, doomed: frozenset[ObjectRef] | set[ObjectRef]) -> int:
@@ -295,13 +300,12 @@ class StackAgent:
         removed = 0
         order = sorted(doomed, key=lambda r: {"Namespace": 2, "CustomResourceDefinition": 1}.get(r.kind, 0))
         for ref in order:
+            namespace = ref.namespace or self.settings.default_namespace
             try:
-                resource, namespace = await self._resource(ref)
-            except KubeError as exc:
-                if exc.status == 404:
-                    continue  # the kind is gone, so are its objects
-                raise
-            if await self.kube.delete(resource.path(namespace, ref.name)):
+                deleted = await self.kube.delete(Ref(ref.api_version, ref.kind, ref.name, namespace))
+            except CALL_ERRORS as exc:
+                raise ApplyFailed(f"deleting {ref}: {describe(exc)}") from None
+            if deleted:
                 removed += 1
                 self.metrics.objects_pruned_total.inc()
         return removed
@@ -309,8 +313,7 @@ class StackAgent:
     async def _write_inventory(self, stack: DesiredStack, objects: frozenset[ObjectRef], applied: bool) -> None:
         inventory = Inventory(stack.stack_id, stack.stack_name, stack.deployment_object_id, stack.checksum,
                               applied, frozenset(objects))
-        path = CONFIGMAPS.path(self.settings.namespace, inventory_name(stack.stack_id))
-        await self.kube.apply(path, inventory.configmap(self.settings.namespace), FIELD_MANAGER)
+        await self.kube.apply(inventory.configmap(self.settings.namespace), FIELD_MANAGER)
 
     async def _wait_established(self, crd: dict[str, Any]) -> None:
         """Wait until a CRD just applied is Established and its kind is served."""
@@ -320,15 +323,16 @@ class StackAgent:
         while time.monotonic() < deadline:
             self.kube.forget_discovery()
             try:
-                await self.kube.resource_for(f"{group}/{versions[0]}", kind)
-                live = await self.kube.get_or_none(CRDS.path(None, crd["metadata"]["name"]))
+                await self.kube.resource(f"{group}/{versions[0]}", kind)
+                live = await self.kube.get(Ref("apiextensions.k8s.io/v1", "CustomResourceDefinition",
+                                               crd["metadata"]["name"]))
                 conditions = ((live or {}).get("status") or {}).get("conditions") or []
                 if not conditions or any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
                     return
-            except (KubeError, IndexError):
+            except (*CALL_ERRORS, IndexError):
                 pass
             await asyncio.sleep(0.5)
-        raise KubeError(0, "Timeout", f"CRD {crd['metadata']['name']} was not established in {self.settings.crd_timeout:.0f}s")
+        raise ApplyFailed(f"CRD {crd['metadata']['name']} was not established in {self.settings.crd_timeout:.0f}s")
 
     # Events ---------------------------------------------------------------------------
 

@@ -8,10 +8,9 @@ import logging
 import signal
 from pathlib import Path
 
-import kopf
 from aiohttp import web
 
-from ..kube import KubeClient, default_connection
+from ..kube import Kube, load_configuration
 from ..metrics import AgentMetrics
 from ..serve import metrics_app, serving
 from .broker import BrokerClient
@@ -34,11 +33,11 @@ def key_reader(path: Path):
 
 
 async def run_agent(broker_url: str, pak_file: Path, settings: AgentSettings, metrics_address: str,
-                    health_address: str, connection: kopf.ConnectionInfo | None = None) -> None:
+                    health_address: str, kubeconfig: str | None = None) -> None:
     """Run until SIGTERM/SIGINT."""
     metrics = AgentMetrics()
     broker = BrokerClient(broker_url, key_reader(pak_file))
-    kube = KubeClient(connection or default_connection(), user_agent="stackyard-agent")
+    kube = Kube(load_configuration(kubeconfig), user_agent="stackyard-agent")
     agent = StackAgent(broker, kube, settings, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

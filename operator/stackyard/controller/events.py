@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ..kube import KubeClient, KubeError
+from ..kube import CALL_ERRORS, Kube, describe
 from .conditions import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,10 @@ def event_body(ref: Mapping[str, Any], type_: str, reason: str, message: str, no
     }
 
 
-async def post_event(kube: KubeClient, ref: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+async def post_event(kube: Kube, ref: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
     """Post one Event; a failure is logged, never raised (an Event is not worth failing a status update for)."""
     body = event_body(ref, type_, reason, message, now_rfc3339())
     try:
-        await kube.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/events", body)
-    except KubeError as exc:
-        log.warning("could not post the %s event %s: %s", type_, reason, exc)
+        await kube.create(body)
+    except CALL_ERRORS as exc:
+        log.warning("could not post the %s event %s: %s", type_, reason, describe(exc))

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -20,7 +20,7 @@ import psycopg
 import psycopg_pool
 
 from ..config import FINALIZER, GROUP, VERSION, OperatorConfig
-from ..kube import KubeClient, KubeError
+from ..kube import CALL_ERRORS, DynamicApiError, Kube, describe, kube_configuration
 from ..metrics import Metrics
 from ..store import Store
 from .conditions import Outcome, now_rfc3339, retrying_outcome, stalled_outcome
@@ -38,7 +38,7 @@ from .reconcile import (
 from .render import InvalidSpec
 from .storage import DigestDiffBaseStorage
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout, KubeError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout, *CALL_ERRORS)
 MAX_RETRY_DELAY = 30.0
 
 
@@ -49,8 +49,7 @@ class Context:
     config: OperatorConfig
     metrics: Metrics
     store: Store | None = None
-    kube: KubeClient | None = None
-    retired_clients: list[KubeClient] = field(default_factory=list)
+    kube: Kube | None = None
     mirror: Mirror | None = None
     mirror_task: asyncio.Task | None = None
 
@@ -59,7 +58,7 @@ class Context:
             raise kopf.TemporaryError("the store is not open yet", delay=1)
         return self.store
 
-    def require_kube(self) -> KubeClient:
+    def require_kube(self) -> Kube:
         if self.kube is None:
             raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=1)
         return self.kube
@@ -95,8 +94,8 @@ def as_invalid_spec(exc: Exception) -> InvalidSpec | None:
     The API server's 4xx answers are permanent except 409 (conflict) and 429 (throttled);
     a value the database cannot hold (too long, bad encoding) is permanent too.
     """
-    if isinstance(exc, KubeError) and 400 <= exc.status < 500 and exc.status not in (409, 429):
-        return InvalidSpec("KubernetesAPIRejected", f"the API server refused a write ({exc.status} {exc.reason}): {exc.message}")
+    if isinstance(exc, DynamicApiError) and 400 <= int(exc.status or 0) < 500 and exc.status not in (409, 429):
+        return InvalidSpec("KubernetesAPIRejected", f"the API server refused a write ({describe(exc)})")
     if isinstance(exc, psycopg.errors.DataError):
         return InvalidSpec("ValueNotStorable", f"a value cannot be stored: {exc.diag.message_primary or exc}")
     return None
@@ -132,7 +131,7 @@ async def run_reconcile(
     try:
         try:
             result = await work()
-        except (KubeError, psycopg.errors.DataError) as exc:
+        except (DynamicApiError, psycopg.errors.DataError) as exc:
             permanent = as_invalid_spec(exc)
             if permanent is None:
                 raise
@@ -144,11 +143,13 @@ async def run_reconcile(
         logger.warning("%s is stalled (%s): %s", kind, exc.reason, exc.message)
         raise kopf.PermanentError(f"{exc.reason}: {exc.message}") from None
     except TRANSIENT_ERRORS as exc:
-        reason = "KubernetesAPIError" if isinstance(exc, KubeError) else "DatabaseUnavailable"
+        database = isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout))
+        reason = "DatabaseUnavailable" if database else "KubernetesAPIError"
+        detail = str(exc) if database else describe(exc)
         ctx.metrics.reconcile_total.labels(kind, "retry").inc()
         ctx.metrics.reconcile_errors_total.labels(kind, reason).inc()
-        write_outcome(patch, body, retrying_outcome(reason, f"will retry: {exc}"), {})
-        logger.warning("%s reconcile failed (%s), retrying: %s", kind, reason, exc)
+        write_outcome(patch, body, retrying_outcome(reason, f"will retry: {detail}"), {})
+        logger.warning("%s reconcile failed (%s), retrying: %s", kind, reason, detail)
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
     finally:
         ctx.metrics.reconcile_duration_seconds.labels(kind).observe(time.monotonic() - started)
@@ -195,6 +196,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **kwargs: Any) -> None:
         configure_settings(settings, config)
         ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size, timeout=config.pool_timeout)
+        ctx.kube = Kube(kube_configuration(config.kube_connection), user_agent="stackyard-operator")
         mirror = Mirror(
             store=ctx.store,
             database_url=config.database_url,
@@ -214,24 +216,15 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     async def cleanup(**_: Any) -> None:
         if ctx.mirror_task is not None:
             ctx.mirror_task.cancel()
-        for client in [ctx.kube, *ctx.retired_clients]:
-            if client is not None:
-                await client.close()
+        if ctx.kube is not None:
+            await ctx.kube.close()
         if ctx.store is not None:
             await ctx.store.close()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = (
-            config.kube_connection
-            or kopf.login_with_service_account(**kwargs)
-            or kopf.login_with_kubeconfig(**kwargs)
-        )
-        if info is not None:
-            if ctx.kube is not None:
-                ctx.retired_clients.append(ctx.kube)
-            ctx.kube = KubeClient(info, user_agent="stackyard-operator")
-        return info
+        """Kopf's watches log in through the official client too (service account or kubeconfig, exec plugins)."""
+        return config.kube_connection or kopf.login_via_client(**kwargs)
 
     @kopf.on.probe(id="store", registry=registry)
     def probe_store(**_: Any) -> dict[str, int]:

@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 
 from ..config import GROUP, VERSION
-from ..kube import ApiResource, KubeClient, KubeError
+from ..kube import Kube, NotFoundError, Ref
 from ..store import Store
 from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, listen_forever
 from .events import post_event
@@ -32,9 +32,7 @@ from .status import newly_failed
 
 log = logging.getLogger(__name__)
 
-STACKS = ApiResource(f"{GROUP}/{VERSION}", "Stack", "stacks", True)
-AGENT_TARGETS = ApiResource(f"{GROUP}/{VERSION}", "AgentTarget", "agenttargets", True)
-AGENTS = ApiResource(f"{GROUP}/{VERSION}", "Agent", "agents", True)
+API_VERSION = f"{GROUP}/{VERSION}"
 COALESCE_SECONDS = 0.05
 
 
@@ -131,14 +129,12 @@ class Mirror:
         self.dirty_target_refs.setdefault((namespace, stack_name), time.time())
         self.wake.set()
 
-    async def _patch_status(self, resource: ApiResource, namespace: str, name: str, status: dict[str, Any], at: float) -> None:
+    async def _patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any], at: float) -> None:
         try:
-            await self.kube().merge_patch(resource.path(namespace, name) + "/status", {"status": status})
-        except KubeError as exc:
-            if exc.status == 404:
-                return  # deleted meanwhile
-            raise
-        self.metrics.status_patches_total.labels(resource.kind).inc()
+            await self.kube().merge_patch(Ref(API_VERSION, kind, name, namespace), {"status": status}, "status")
+        except NotFoundError:
+            return  # deleted meanwhile
+        self.metrics.status_patches_total.labels(kind).inc()
         self.metrics.status_mirror_lag_seconds.observe(max(0.0, time.time() - at))
 
     async def _mirror_stack(self, stack_id: uuid.UUID, at: float) -> None:
@@ -148,7 +144,7 @@ class Mirror:
         previous = indexed["status"]
         status = await stack_status_patch(self.store, stack_id, previous)
         if status is not None:
-            await self._patch_status(STACKS, indexed["namespace"], indexed["name"], status, at)
+            await self._patch_status("Stack", indexed["namespace"], indexed["name"], status, at)
             await report_failures(self.kube(), indexed["ref"], previous.get("agents"), status["agents"])
         await self._mirror_targets(self.targets_by_stack, (indexed["namespace"], indexed["name"]), at)
 
@@ -161,7 +157,7 @@ class Mirror:
             status = await agent_target_status_patch(self.store, target["body"], target["status"])
             if status is not None:
                 meta = target["body"]["metadata"]
-                await self._patch_status(AGENT_TARGETS, meta["namespace"], meta["name"], status, at)
+                await self._patch_status("AgentTarget", meta["namespace"], meta["name"], status, at)
 
     async def _mirror_agent(self, agent_id: uuid.UUID, at: float) -> None:
         agent = await self.store.get_agent(agent_id)
@@ -171,11 +167,11 @@ class Mirror:
         if indexed is not None:
             status = await agent_status_patch(self.store, agent_id, indexed["status"], self.config)
             if status is not None:
-                await self._patch_status(AGENTS, indexed["namespace"], indexed["name"], status, at)
+                await self._patch_status("Agent", indexed["namespace"], indexed["name"], status, at)
         await self._mirror_targets(self.targets_by_agent, (agent.name, agent.cluster_name), at)
 
 
-async def report_failures(kube: KubeClient, ref: Mapping[str, Any], before: Any, after: list[dict[str, Any]]) -> None:
+async def report_failures(kube: Kube, ref: Mapping[str, Any], before: Any, after: list[dict[str, Any]]) -> None:
     """A Warning Event on the Stack for each agent that newly failed to apply (not once per heartbeat)."""
     for entry in newly_failed(before, after):
         await post_event(kube, ref, "Warning", "ApplyFailed",

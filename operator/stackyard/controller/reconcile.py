@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import pak
 from ..config import FIELD_MANAGER, GROUP, ROTATE_PAK_ANNOTATION, VERSION, OperatorConfig
-from ..kube import SECRETS, KubeClient
+from ..kube import Kube
 from ..store import Conflict, Immutable, Store, target_row_id
 from .conditions import Outcome, ready_outcome, retrying_outcome
 from .render import InvalidSpec, render_stack, required_name, validate_annotations, validate_labels
@@ -218,7 +218,7 @@ def pak_secret(body: Mapping[str, Any], token: str) -> dict[str, Any]:
     }
 
 
-async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig, body: Mapping[str, Any]) -> Result:
+async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body: Mapping[str, Any]) -> Result:
     """Register the agent row and issue its PAK (see below for when)."""
     spec = _spec(body)
     meta = body["metadata"]
@@ -245,8 +245,7 @@ async def reconcile_agent(store: Store, kube: KubeClient, config: OperatorConfig
         # it has not issued one yet, when the store lost the hash, or when a rotation is asked for.
         key = pak.generate()
         await store.set_agent_pak_hash(agent.id, key.secret_hash, key.key_id)
-        path = SECRETS.path(meta["namespace"], pak_secret_name(meta["name"]))
-        await kube.apply(path, pak_secret(body, key.token), FIELD_MANAGER)
+        await kube.apply(pak_secret(body, key.token), FIELD_MANAGER)
         key_id, issued = key.key_id, True
     status: dict[str, Any] = {
         "agentId": str(agent.id),
