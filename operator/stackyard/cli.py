@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import contextlib
 import logging
 import os
@@ -23,7 +24,7 @@ def env_name(flag: str) -> str:
     return "STACKYARD_" + flag.lstrip("-").replace("-", "_").upper()
 
 
-def add_option(parser: argparse.ArgumentParser, flag: str, help: str, default: object = None, **kwargs: object) -> None:
+def add_option(parser: argparse.ArgumentParser, flag: str, help: str, default: object = None, **kwargs: Any) -> None:
     """Add `flag`, defaulting to its `STACKYARD_*` variable, then to `default`; --help shows both."""
     variable = env_name(flag)
     value = os.environ.get(variable, default)

@@ -92,7 +92,7 @@ def in_cluster_configuration(host: str, token_file: Path, ca_file: Path | None) 
         configuration.verify_ssl = False
     token = TokenFile(token_file)
     token(configuration)  # the client adds the header only when a key is present, then refreshes it per request
-    configuration.refresh_api_key_hook = token
+    configuration.refresh_api_key_hook = token  # type: ignore[assignment]  # the client types the hook as None
     configuration.retries = retry_policy()
     return configuration
 

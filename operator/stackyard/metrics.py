@@ -7,7 +7,7 @@ kinds, results, routes and codes, never a resource or agent name.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -65,10 +65,6 @@ class Metrics:
         self.db_pool_connections.labels("idle").set(stats.get("pool_available", 0))
         self.db_pool_connections.labels("waiting").set(stats.get("requests_waiting", 0))
 
-    def exposition(self) -> bytes:
-        """The registry in Prometheus text format."""
-        return generate_latest(self.registry)
-
 
 class AgentMetrics:
     """Metrics of `stackyard agent` (its own registry)."""
@@ -93,5 +89,3 @@ class AgentMetrics:
             "stackyard_agent_last_sync_timestamp_seconds", "Unix time of the last completed sync cycle.", registry=r
         )
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)

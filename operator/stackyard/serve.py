@@ -1,4 +1,4 @@
-"""`stackyard run`: the operator, the agent API and /metrics in one process."""
+"""`stackyard run` and `stackyard api`: wiring the operator, the agent API and /metrics into one process."""
 
 from __future__ import annotations
 
@@ -10,73 +10,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from aiohttp import web
-
 from .api import ApiSettings, create_app
 from .api.server import ApiRunner
+from .httpserver import Readiness, metrics_app, serving, split_address
 from .api.waiters import StateWaiters
 from .config import GROUP, VERSION, OperatorConfig
 from .controller.leader import LeaseElector
 from .controller.operator import run_operator
 from .kube import CALL_ERRORS, Kube, describe, kube_configuration
-from .metrics import AgentMetrics, Metrics
+from .metrics import Metrics
 from .store import Store
 
 log = logging.getLogger(__name__)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """`host:port` (or `[v6]:port`) into its parts; ValueError names the bad address."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"address {address!r} must look like HOST:PORT, for example 0.0.0.0:9090")
-    return host.strip("[]"), int(port)
-
-
-@dataclass
-class Readiness:
-    """Whether the operator in this process is watching its resources; served as /readyz next to /metrics."""
-
-    ready: bool = False
-    reason: str = "starting"
-
-
-def metrics_app(metrics: Metrics | AgentMetrics, readiness: Readiness | None = None) -> web.Application:
-    """/metrics in Prometheus text format, /healthz, and /readyz when a `readiness` is given."""
-
-    async def serve_metrics(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        assert readiness is not None
-        if readiness.ready:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready", "reason": readiness.reason}, status=503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", serve_metrics)
-    app.router.add_get("/healthz", healthz)
-    if readiness is not None:
-        app.router.add_get("/readyz", readyz)
-    return app
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application, address: str, runner: web.AppRunner | None = None) -> AsyncIterator[web.AppRunner]:
-    """Serve `app` on `address` (with `runner` when given) for the duration of the block."""
-    host, port = split_address(address)
-    runner = runner or web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-        log.info("listening on %s", address)
-        yield runner
-    finally:
-        await runner.cleanup()
 
 
 async def agents_gauge_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:

@@ -215,8 +215,8 @@ class StackAgent:
             try:
                 removed = await self._delete_objects(inventory.objects - claimed)
                 await self.kube.delete(Ref("v1", "ConfigMap", inventory_name(stack_id), self.settings.namespace))
-            except (ApplyFailed, *CALL_ERRORS) as exc:
-                message = exc if isinstance(exc, ApplyFailed) else describe(exc)
+            except (ApplyFailed, *CALL_ERRORS) as exc:  # type: ignore[misc]  # a tuple of exception types
+                message = str(exc) if isinstance(exc, ApplyFailed) else describe(exc)
                 if marker is not None:
                     self._event(marker, "DELETE", "FAILURE", f"removing the stack's objects failed: {message}")
                 log.warning("removing objects of stack %s failed, will retry: %s", inventory.stack_name or stack_id,
@@ -329,7 +329,7 @@ class StackAgent:
                 conditions = ((live or {}).get("status") or {}).get("conditions") or []
                 if not conditions or any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
                     return
-            except (*CALL_ERRORS, IndexError):
+            except (*CALL_ERRORS, IndexError):  # type: ignore[misc]  # a tuple of exception types
                 pass
             await asyncio.sleep(0.5)
         raise ApplyFailed(f"CRD {crd['metadata']['name']} was not established in {self.settings.crd_timeout:.0f}s")

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..kube import Kube, load_configuration
 from ..metrics import AgentMetrics
-from ..serve import metrics_app, serving
+from ..httpserver import metrics_app, serving
 from .broker import BrokerClient
 from .loop import AgentSettings, StackAgent
 

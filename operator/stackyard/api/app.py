@@ -19,6 +19,7 @@ import aiohttp
 import psycopg
 import psycopg_pool
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .. import __version__, pak
 from ..metrics import Metrics
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 STORE_KEY = web.AppKey("store", Store)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 WAITERS_KEY = web.AppKey("waiters", StateWaiters)
-SETTINGS_KEY = web.AppKey("settings", object)
 AGENT_KEY = "stackyard.agent"
 UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
@@ -51,6 +51,9 @@ class ApiSettings:
     idle_timeout: float = 15.0
     # A request waits at most this long for a database connection: an outage answers 503 within it.
     database_timeout: float = 0.5
+
+
+SETTINGS_KEY = web.AppKey("settings", ApiSettings)
 
 
 class ApiError(Exception):
@@ -292,10 +295,15 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    store = request.app[STORE_KEY]
-    request.app[METRICS_KEY].observe_pool(store.pool.get_stats())
-    return web.Response(body=request.app[METRICS_KEY].exposition(), content_type="text/plain", charset="utf-8")
+def metrics_endpoint(metrics: Metrics, store: Store) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """prometheus-client's aiohttp handler, with the pool gauges brought up to date first."""
+    exposition = make_aiohttp_handler(metrics.registry)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        metrics.observe_pool(store.pool.get_stats())
+        return await exposition(request)
+
+    return handler
 
 
 def create_app(
@@ -320,6 +328,6 @@ def create_app(
         web.get("/readyz", readyz),
     ]
     if serve_metrics:
-        routes.append(web.get("/metrics", metrics_endpoint))
+        routes.append(web.get("/metrics", metrics_endpoint(metrics, store)))
     app.add_routes(routes)
     return app

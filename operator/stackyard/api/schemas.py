@@ -138,7 +138,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def openapi_document(version: str, max_wait_seconds: int = 60) -> dict[str, Any]:
     """OpenAPI 3.0 document of every route the app serves (checked against the router in tests)."""
-    secured = [{"pak": []}]
+    secured: list[dict[str, list[str]]] = [{"pak": []}]
     agent_id_param = {"name": "agentId", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
     return {
         "openapi": "3.0.3",

@@ -50,7 +50,7 @@ def conditions_for(
             "status": status,
             "reason": outcome.reason,
             "message": message,
-            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+            "lastTransitionTime": now if changed or old is None else old.get("lastTransitionTime", now),
         }
         if generation is not None:
             condition["observedGeneration"] = generation

@@ -112,7 +112,7 @@ def write_outcome(patch: kopf.Patch, body: Mapping[str, Any], outcome: Outcome, 
         patch.status[key] = value
 
 
-def post_milestones(body: Mapping[str, Any], result: Result) -> None:
+def post_milestones(body: kopf.Body, result: Result) -> None:
     for milestone in result.milestones:
         kopf.event(body, type="Normal", reason=milestone.reason, message=milestone.message)
 
@@ -120,9 +120,9 @@ def post_milestones(body: Mapping[str, Any], result: Result) -> None:
 async def run_reconcile(
     ctx: Context,
     kind: str,
-    body: Mapping[str, Any],
+    body: kopf.Body,
     patch: kopf.Patch,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     retry: int,
     work: Callable[[], Awaitable[Result]],
 ) -> None:
@@ -162,7 +162,7 @@ async def run_reconcile(
     post_milestones(body, result)
 
 
-async def run_delete(ctx: Context, kind: str, logger: logging.Logger, retry: int, work: Callable[[], Awaitable[None]]) -> None:
+async def run_delete(ctx: Context, kind: str, logger: kopf.Logger, retry: int, work: Callable[[], Awaitable[None]]) -> None:
     """Deletion work behind the finalizer: transient errors keep the finalizer and retry."""
     try:
         await work()
@@ -176,7 +176,7 @@ def tolerant(timer: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
     """A resync timer that skips a cycle on transient errors instead of backing off for a minute."""
 
     @functools.wraps(timer)
-    async def wrapper(*args: Any, logger: logging.Logger, **kwargs: Any) -> None:
+    async def wrapper(*args: Any, logger: kopf.Logger, **kwargs: Any) -> None:
         try:
             await timer(*args, logger=logger, **kwargs)
         except TRANSIENT_ERRORS as exc:
@@ -193,7 +193,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     register_indexes(registry)
 
     @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **kwargs: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **kwargs: Any) -> None:
         configure_settings(settings, config)
         ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size, timeout=config.pool_timeout)
         ctx.kube = Kube(kube_configuration(config.kube_connection), user_agent="stackyard-operator")
@@ -238,7 +238,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.on.create(GROUP, VERSION, "stacks", registry=registry)
     @kopf.on.update(GROUP, VERSION, "stacks", registry=registry)
     async def stack_changed(
-        body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any
+        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any
     ) -> None:
         async def work() -> Result:
             store = ctx.require_store()
@@ -254,7 +254,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         await run_reconcile(ctx, "Stack", body, patch, logger, retry, work)
 
     @kopf.on.delete(GROUP, VERSION, "stacks", registry=registry)
-    async def stack_deleted(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
+    async def stack_deleted(body: kopf.Body, logger: kopf.Logger, retry: int, **_: Any) -> None:
         await run_delete(ctx, "Stack", logger, retry, lambda: delete_stack(ctx.require_store(), body))
         if ctx.mirror is not None:
             ctx.mirror.note_targets_of(body["metadata"]["namespace"], body["metadata"]["name"])
@@ -277,7 +277,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.on.create(GROUP, VERSION, "agenttargets", registry=registry)
     @kopf.on.update(GROUP, VERSION, "agenttargets", registry=registry)
     async def agent_target_changed(
-        body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any
+        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any
     ) -> None:
         async def work() -> Result:
             result = await reconcile_agent_target(ctx.require_store(), body)
@@ -287,7 +287,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         await run_reconcile(ctx, "AgentTarget", body, patch, logger, retry, work)
 
     @kopf.on.delete(GROUP, VERSION, "agenttargets", registry=registry)
-    async def agent_target_deleted(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
+    async def agent_target_deleted(body: kopf.Body, logger: kopf.Logger, retry: int, **_: Any) -> None:
         await run_delete(ctx, "AgentTarget", logger, retry, lambda: delete_agent_target(ctx.require_store(), body))
         note_stacks(body)
 
@@ -313,7 +313,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.on.resume(GROUP, VERSION, "agents", registry=registry)
     @kopf.on.create(GROUP, VERSION, "agents", registry=registry)
     @kopf.on.update(GROUP, VERSION, "agents", registry=registry)
-    async def agent_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, retry: int, **_: Any) -> None:
+    async def agent_changed(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any) -> None:
         await run_reconcile(
             ctx,
             "Agent",
@@ -325,7 +325,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
         )
 
     @kopf.on.delete(GROUP, VERSION, "agents", registry=registry)
-    async def agent_deleted(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
+    async def agent_deleted(body: kopf.Body, logger: kopf.Logger, retry: int, **_: Any) -> None:
         await run_delete(ctx, "Agent", logger, retry, lambda: delete_agent(ctx.require_store(), body))
 
     @kopf.timer(GROUP, VERSION, "agents", interval=config.heartbeat_interval, registry=registry)

@@ -204,7 +204,7 @@ def register_indexes(registry: kopf.OperatorRegistry) -> None:
         return {uid: snapshot(body)}
 
     @kopf.index(GROUP, VERSION, "agenttargets", id="targets_by_stack", registry=registry)
-    def targets_by_stack(body: kopf.Body, namespace: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    def targets_by_stack(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
         ref = (spec.get("stackRef") or {}).get("name")
         return {(namespace, ref): snapshot(body)} if isinstance(ref, str) else {}
 

@@ -154,7 +154,8 @@ async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
     stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
     if stack_id is None:
         agent = await store.agent_by_name(agent_name, cluster_name)
-        status = {"targetId": None, "stackId": None, "deployment": None, "agent": agent_target_agent_status(agent)}
+        status: dict[str, Any] = {"targetId": None, "stackId": None, "deployment": None,
+                                  "agent": agent_target_agent_status(agent)}
         message = f"Stack {namespace}/{stack_name} does not exist; waiting for it"
         return Result(retrying_outcome("StackNotFound", message, ready="False"), status)
     status = {"targetId": str(target_row_id(_uid(body), stack_id)),
@@ -259,7 +260,7 @@ async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body
     if event is not None:
         status["lastEvent"] = last_event_status(event)
     message = f"registered as {agent_name} in cluster {cluster_name}" + ("; API key issued" if issued else "")
-    milestones = ()
+    milestones: tuple[Milestone, ...] = ()
     if issued:
         what = "rotated: the previous key no longer works" if rotate else "issued"
         milestones = (Milestone("KeyRotated" if rotate else "KeyIssued",

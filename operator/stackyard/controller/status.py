@@ -73,8 +73,8 @@ def agents_status(
             counts["failed"] += 1
         else:
             counts["pending"] += 1
-        old = before.get((row.agent_name, row.cluster_name))
-        unchanged = old is not None and old.get("state") == state and old.get("sequenceId") == sequence_id
+        old: Mapping[str, Any] = before.get((row.agent_name, row.cluster_name)) or {}
+        unchanged = bool(old) and old.get("state") == state and old.get("sequenceId") == sequence_id
         entry: dict[str, Any] = {
             "agentName": row.agent_name,
             "clusterName": row.cluster_name,

@@ -76,9 +76,9 @@ class DbAgentConfig:
 
 def strip_password(connection: str) -> str:
     """The connection string without its password (never stored or logged)."""
-    info = psycopg.conninfo.conninfo_to_dict(connection)
+    info: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(connection)
     info.pop("password", None)
-    return psycopg.conninfo.make_conninfo(**info)
+    return psycopg.conninfo.make_conninfo("", **info)
 
 
 def _seconds(value: Any, key: str) -> float:

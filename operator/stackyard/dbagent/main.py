@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .. import __version__
-from ..serve import serving
+from ..httpserver import serving
 from .config import COLLECTORS, ConfigError, DbAgentConfig, load_config
 from .monitor import Alerts, Exporter, InstanceMonitor
 from .storage import History, InvalidStatus
@@ -30,7 +31,7 @@ class DbAgent:
     exporter: Exporter = field(default_factory=Exporter)
     monitors: dict[str, InstanceMonitor] = field(default_factory=dict)
     tasks: dict[str, list[asyncio.Task]] = field(default_factory=dict)
-    alerts: Alerts | None = None
+    alerts: Alerts = field(init=False)
 
     def start(self) -> None:
         self.history.start(__version__, self.config.source_hash)
@@ -89,16 +90,11 @@ class DbAgent:
 
 
 def app(agent: DbAgent) -> web.Application:
-    async def metrics(_: web.Request) -> web.Response:
-        from prometheus_client import generate_latest
-
-        return web.Response(body=generate_latest(agent.exporter.registry), content_type="text/plain", charset="utf-8")
-
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "instances": {n: m.status for n, m in agent.monitors.items()}})
 
     application = web.Application()
-    application.router.add_get("/metrics", metrics)
+    application.router.add_get("/metrics", make_aiohttp_handler(agent.exporter.registry))
     application.router.add_get("/healthz", healthz)
     return application
 

@@ -134,6 +134,7 @@ class Alerts:
         delay = self.first_delay
         for attempt in range(1, self.attempts + 1):
             try:
+                assert self.webhook_url is not None  # only queued when a webhook is configured
                 async with session.post(self.webhook_url, json=payload) as response:
                     if response.status < 300:
                         return

