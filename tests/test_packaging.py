@@ -21,7 +21,10 @@ from .kube import ROOT
 BIN = Path(sys.executable).parent
 KUBECTL = shutil.which("kubectl", path=str(BIN)) or shutil.which("kubectl")
 CHART = ROOT / "charts" / "stackyard"
-CRD_RULE = {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]}
+CLUSTER_RULES = [
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+]
 
 
 def kustomize(path: Path) -> list[dict]:
@@ -125,7 +128,7 @@ def test_chart_and_manifests_agree_on_image_ports_and_rbac():
     assert ports == {"api": values["ports"]["api"], "metrics": values["ports"]["metrics"],
                      "health": values["ports"]["health"], "dbagent-metrics": values["ports"]["dbagentMetrics"]}
     role = next(d for d in docs if d["kind"] == "ClusterRole")
-    assert yaml.safe_load((CHART / "files/operator-rules.yaml").read_text()) + [CRD_RULE] == role["rules"]
+    assert yaml.safe_load((CHART / "files/operator-rules.yaml").read_text()) + CLUSTER_RULES == role["rules"]
     agent_role = next(d for d in kustomize(ROOT / "manifests/agent") if d["kind"] == "ClusterRole")
     assert yaml.safe_load((CHART / "files/agent-rules.yaml").read_text()) == agent_role["rules"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())

@@ -27,6 +27,7 @@ EXPECTED = {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "name": varchar(255),
         "cluster_name": varchar(255), "last_heartbeat": TS, "status": varchar(50), "pak_hash": TEXT,
         "pak_key_id": TEXT,  # beyond the data design: a key authenticates only with the id it was issued with
+        "namespace": TEXT, "allowed_namespaces": ("ARRAY", None),  # beyond the data design: tenancy
     },
     "deployment_objects": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "sequence_id": ("bigint", None),
@@ -37,7 +38,10 @@ EXPECTED = {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "agent_id": UUID,
         "deployment_object_id": UUID, "event_type": varchar(50), "status": varchar(10), "message": TEXT,
     },
-    "agent_targets": {"id": UUID, "stack_id": UUID, "agent_name": TEXT, "cluster_name": TEXT},
+    "agent_targets": {
+        "id": UUID, "stack_id": UUID, "agent_name": TEXT, "cluster_name": TEXT,
+        "namespace": TEXT,  # beyond the data design: the AgentTarget's namespace (tenancy)
+    },
     "labels": {"id": UUID, "external_object_id": UUID, "label": varchar(255)},
     "annotations": {"id": UUID, "external_object_id": UUID, "key": varchar(255), "value": TEXT},
 }

@@ -319,6 +319,7 @@ KUBE_CALLS: tuple[tuple[str, str, str, str], ...] = (
     ("operator", "create", "coordination.k8s.io", "leases"),
     ("operator", "patch", "coordination.k8s.io", "leases"),
     ("operator", "list", "apiextensions.k8s.io", "customresourcedefinitions"),
+    ("operator", "list", "", "namespaces"),  # Agents' allowedNamespaceSelector (cluster-wide installs only)
     ("operator", "watch", "apiextensions.k8s.io", "customresourcedefinitions"),
     ("agent", "list", "", "configmaps"),
     ("agent", "get", "", "configmaps"),

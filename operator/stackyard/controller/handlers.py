@@ -314,15 +314,13 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.on.create(GROUP, VERSION, "agents", registry=registry)
     @kopf.on.update(GROUP, VERSION, "agents", registry=registry)
     async def agent_changed(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any) -> None:
-        await run_reconcile(
-            ctx,
-            "Agent",
-            body,
-            patch,
-            logger,
-            retry,
-            lambda: reconcile_agent(ctx.require_store(), ctx.require_kube(), config, body),
-        )
+        async def work() -> Result:
+            result = await reconcile_agent(ctx.require_store(), ctx.require_kube(), config, body)
+            if ctx.mirror is not None:  # AgentTargets naming this agent: newly permitted, or no longer
+                ctx.mirror.note_agent(uuid.UUID(body["metadata"]["uid"]))
+            return result
+
+        await run_reconcile(ctx, "Agent", body, patch, logger, retry, work)
 
     @kopf.on.delete(GROUP, VERSION, "agents", registry=registry)
     async def agent_deleted(body: kopf.Body, logger: kopf.Logger, retry: int, **_: Any) -> None:

@@ -119,6 +119,11 @@ class Mirror:
         for agent_id, at in agents.items():
             await self._mirror_agent(agent_id, at)
 
+    def note_agent(self, agent_id: uuid.UUID) -> None:
+        """Recompute an Agent's status and its AgentTargets' soon: its registration or grants changed."""
+        self.dirty_agents.setdefault(agent_id, time.time())
+        self.wake.set()
+
     def note_stack(self, stack_id: uuid.UUID) -> None:
         """Recompute a Stack's status (and its AgentTargets') soon: its targets changed."""
         self.dirty_stacks.setdefault(stack_id, time.time())

@@ -37,10 +37,15 @@ def with_outcome(result: Result, generation: int | None, previous: Mapping[str, 
     return status
 
 
+# Stalled for a reason that a change elsewhere can fix: an Agent that later grants the namespace.
+FIXABLE_ELSEWHERE = frozenset({"AgentNotPermitted"})
+
+
 def is_stalled(previous: Mapping[str, Any], generation: int | None) -> bool:
-    """True when the handler declared this generation Stalled: only a spec change moves it on."""
+    """True when the handler declared this generation Stalled and only a spec change moves it on."""
     return previous.get("observedGeneration") == generation and any(
-        c.get("type") == "Stalled" and c.get("status") == "True" for c in previous.get("conditions") or ()
+        c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") not in FIXABLE_ELSEWHERE
+        for c in previous.get("conditions") or ()
     )
 
 

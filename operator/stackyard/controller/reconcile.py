@@ -20,9 +20,17 @@ from typing import Any
 from .. import pak
 from ..config import FIELD_MANAGER, GROUP, ROTATE_PAK_ANNOTATION, VERSION, OperatorConfig
 from ..kube import Kube
-from ..store import Conflict, Immutable, Store, target_row_id
+from ..store import Conflict, Immutable, NotPermitted, Store, target_row_id
 from .conditions import Outcome, ready_outcome, retrying_outcome
-from .render import InvalidSpec, render_stack, required_name, validate_annotations, validate_labels
+from .render import (
+    InvalidSpec,
+    render_stack,
+    required_name,
+    selector_query,
+    validate_annotations,
+    validate_labels,
+    validate_namespaces,
+)
 from .status import (
     agent_phase,
     agent_target_agent_status,
@@ -173,9 +181,11 @@ async def reconcile_agent_target(store: Store, body: Mapping[str, Any]) -> Resul
     namespace, stack_name, agent_name, cluster_name = _target_spec(body)
     stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
     try:
-        await store.set_agent_target(_uid(body), stack_id, agent_name, cluster_name)
+        await store.set_agent_target(_uid(body), stack_id, agent_name, cluster_name, namespace)
     except Conflict as exc:
         raise InvalidSpec("DuplicateTarget", str(exc)) from exc
+    except NotPermitted as exc:
+        raise InvalidSpec("AgentNotPermitted", str(exc)) from exc
     return await observe_agent_target(store, body)
 
 
@@ -230,8 +240,14 @@ async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body
     cluster_name = required_name(spec.get("clusterName"), "spec.clusterName")
     labels = validate_labels(spec.get("labels"), "spec.labels")
     annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
+    allowed = set(validate_namespaces(spec.get("allowedNamespaces"), "spec.allowedNamespaces"))
+    namespace_selector = spec.get("allowedNamespaceSelector")
+    if namespace_selector is not None:
+        query = selector_query(namespace_selector, "spec.allowedNamespaceSelector")
+        allowed |= {ns["metadata"]["name"] for ns in await kube.list("v1", "Namespace", label_selector=query)}
     try:
-        agent = await store.register_agent(_uid(body), agent_name, cluster_name, labels, annotations)
+        agent = await store.register_agent(_uid(body), agent_name, cluster_name, labels, annotations,
+                                           meta["namespace"], sorted(allowed - {meta["namespace"]}))
     except Conflict as exc:
         raise InvalidSpec("AgentNameConflict", str(exc)) from exc
     except Immutable as exc:

@@ -121,3 +121,45 @@ def required_name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
         raise InvalidSpec("InvalidSpec", f"{where} {value!r} must be a lowercase DNS name")
     return value
+
+
+def validate_namespaces(namespaces: Any, where: str) -> list[str]:
+    """A list of namespace names, or InvalidSpec."""
+    if namespaces is None:
+        return []
+    if not isinstance(namespaces, list):
+        raise InvalidSpec("InvalidSpec", f"{where} must be a list of namespace names")
+    return [required_name(ns, f"{where}[{index}]") for index, ns in enumerate(namespaces)]
+
+
+_SELECTOR_OPERATORS = {"In": "in", "NotIn": "notin"}
+
+
+def selector_query(selector: Any, where: str) -> str:
+    """A metav1.LabelSelector as the API's labelSelector query string; InvalidSpec names what is wrong.
+
+    An empty selector selects everything (as in Kubernetes).
+    """
+    if not isinstance(selector, Mapping):
+        raise InvalidSpec("InvalidSelector", f"{where} must be an object with matchLabels and/or matchExpressions")
+    parts = []
+    for key, value in sorted((selector.get("matchLabels") or {}).items()):
+        if not isinstance(value, str):
+            raise InvalidSpec("InvalidSelector", f"{where}.matchLabels.{key} must be a string")
+        parts.append(f"{key}={value}")
+    for index, expression in enumerate(selector.get("matchExpressions") or []):
+        at = f"{where}.matchExpressions[{index}]"
+        if not isinstance(expression, Mapping) or not isinstance(expression.get("key"), str):
+            raise InvalidSpec("InvalidSelector", f"{at} needs a key and an operator")
+        key, operator, values = expression["key"], expression.get("operator"), expression.get("values") or []
+        if operator in _SELECTOR_OPERATORS:
+            if not values or not all(isinstance(v, str) for v in values):
+                raise InvalidSpec("InvalidSelector", f"{at}: operator {operator} needs a non-empty list of values")
+            parts.append(f"{key} {_SELECTOR_OPERATORS[operator]} ({','.join(values)})")
+        elif operator in ("Exists", "DoesNotExist"):
+            if values:
+                raise InvalidSpec("InvalidSelector", f"{at}: operator {operator} takes no values")
+            parts.append(key if operator == "Exists" else f"!{key}")
+        else:
+            raise InvalidSpec("InvalidSelector", f"{at}: unknown operator {operator!r} (In, NotIn, Exists, DoesNotExist)")
+    return ",".join(parts)

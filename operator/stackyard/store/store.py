@@ -27,6 +27,10 @@ class Conflict(StoreError):
     """The write would break a uniqueness rule; retrying will not help until input changes."""
 
 
+class NotPermitted(StoreError):
+    """A target names an agent that neither lives in the target's namespace nor grants it access."""
+
+
 class Immutable(StoreError):
     """The write would change a value that is fixed once the row exists."""
 
@@ -242,7 +246,8 @@ class Store:
     # Agent targets ------------------------------------------------------------
 
     async def set_agent_target(
-        self, owner_uid: uuid.UUID, stack_id: uuid.UUID | None, agent_name: str, cluster_name: str
+        self, owner_uid: uuid.UUID, stack_id: uuid.UUID | None, agent_name: str, cluster_name: str,
+        namespace: str = "default",
     ) -> uuid.UUID | None:
         """Make the targets owned by an AgentTarget resource exactly this one; returns its row id.
 
@@ -252,6 +257,9 @@ class Store:
         deletion marker to the agent) until the stack is hard-deleted. Row ids are
         derived from the owner uid and the stack id, so a Stack re-created under
         the same name gets a new row while the old one stays.
+
+        `namespace` is the AgentTarget's: the database refuses (NotPermitted) a row for an agent that
+        lives in another namespace and does not grant this one.
         """
         target_id = target_row_id(owner_uid, stack_id) if stack_id else None
         async with self.pool.connection() as conn, conn.transaction():
@@ -265,14 +273,21 @@ class Store:
                 return None
             try:
                 await conn.execute(
-                    "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name) VALUES (%s, %s, %s, %s)"
+                    "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name, namespace)"
+                    " VALUES (%s, %s, %s, %s, %s)"
                     " ON CONFLICT (id) DO UPDATE SET agent_name = EXCLUDED.agent_name,"
-                    " cluster_name = EXCLUDED.cluster_name"
+                    " cluster_name = EXCLUDED.cluster_name, namespace = EXCLUDED.namespace"
                     # no write (and so no NOTIFY waking every long-poll) when nothing changes
-                    " WHERE (agent_targets.agent_name, agent_targets.cluster_name)"
-                    " IS DISTINCT FROM (EXCLUDED.agent_name, EXCLUDED.cluster_name)",
-                    (target_id, stack_id, agent_name, cluster_name),
+                    " WHERE (agent_targets.agent_name, agent_targets.cluster_name, agent_targets.namespace)"
+                    " IS DISTINCT FROM (EXCLUDED.agent_name, EXCLUDED.cluster_name, EXCLUDED.namespace)",
+                    (target_id, stack_id, agent_name, cluster_name, namespace),
                 )
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise NotPermitted(
+                    f"agent {agent_name!r} in cluster {cluster_name!r} does not accept targets from namespace"
+                    f" {namespace!r}: register it in this namespace, or list this namespace in the Agent's"
+                    " spec.allowedNamespaces (or match it by spec.allowedNamespaceSelector)"
+                ) from exc
             except psycopg.errors.UniqueViolation as exc:
                 raise Conflict(
                     f"stack {stack_id} is already targeted to agent {agent_name!r} in cluster {cluster_name!r}"
@@ -306,19 +321,27 @@ class Store:
         cluster_name: str,
         labels: Iterable[str] = (),
         annotations: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+        allowed_namespaces: Iterable[str] = (),
     ) -> Agent:
-        """Create or update a live agent row with these labels and annotations; Immutable on a rename."""
+        """Create or update a live agent row with these labels, annotations and grants; Immutable on a rename.
+
+        `namespace` is the Agent resource's; `allowed_namespaces` the namespaces it accepts targets from
+        besides its own. Targets it no longer permits are removed by the database.
+        """
         async with self.pool.connection() as conn, conn.transaction():
             try:
                 cur = conn.cursor(row_factory=class_row(Agent))
                 agent = await (
                     await cur.execute(
-                        "INSERT INTO agents (id, name, cluster_name) VALUES (%s, %s, %s)"
-                        " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name"
+                        "INSERT INTO agents (id, name, cluster_name, namespace, allowed_namespaces)"
+                        " VALUES (%s, %s, %s, %s, %s)"
+                        " ON CONFLICT (id) DO UPDATE SET namespace = EXCLUDED.namespace,"
+                        " allowed_namespaces = EXCLUDED.allowed_namespaces"
                         # name and cluster are fixed once the row exists: no row back means a rename was asked
                         " WHERE (agents.name, agents.cluster_name) = (EXCLUDED.name, EXCLUDED.cluster_name)"
                         f" RETURNING {_AGENT_COLUMNS}",
-                        (agent_id, name, cluster_name),
+                        (agent_id, name, cluster_name, namespace, sorted(set(allowed_namespaces))),
                     )
                 ).fetchone()
             except psycopg.errors.UniqueViolation as exc:
