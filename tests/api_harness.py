@@ -67,5 +67,5 @@ async def make_stack(store: Store, name: str, content: str = "kind: ConfigMap\n"
     await store.upsert_stack(stack_id, name, None)
     do = (await store.emit_deployment_object(stack_id, content)).deployment_object
     for agent, cluster in targets:
-        await store.set_agent_target(uuid.uuid4(), stack_id, agent, cluster)
+        await store.set_agent_targets(uuid.uuid4(), stack_id, [(agent, cluster)])
     return stack_id, do.id

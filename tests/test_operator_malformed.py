@@ -48,6 +48,13 @@ SCHEMA_FORBIDS = {
     "target-cluster-empty": target_obj("t3", {**GOOD_TARGET, "clusterName": ""}),
     "agent-without-cluster": agent_obj("a1", {"agentName": "edge"}),
     "agent-name-underscore": agent_obj("a2", {"clusterName": "eu-1", "agentName": "edge_1"}),
+    "target-both-forms": target_obj("t4", {**GOOD_TARGET, "agentSelector": {"matchLabels": {"region": "eu"}}}),
+    "target-neither-form": target_obj("t5", {"stackRef": {"name": "web"}}),
+    "target-name-without-cluster": target_obj("t6", {"stackRef": {"name": "web"}, "agentName": "edge"}),
+    "selector-in-without-values": target_obj("t7", {"stackRef": {"name": "web"}, "agentSelector": {
+        "matchExpressions": [{"key": "region", "operator": "In", "values": []}]}}),
+    "selector-unknown-operator": target_obj("t8", {"stackRef": {"name": "web"}, "agentSelector": {
+        "matchExpressions": [{"key": "region", "operator": "Near"}]}}),
 }
 
 # (object, the reason its Stalled condition carries)
@@ -67,12 +74,15 @@ OPERATOR_STALLS = {
         "InvalidResource",
     ),
     "agent-name-taken": (agent_obj("edge-copy", {"clusterName": "eu-1", "agentName": "edge"}), "AgentNameConflict"),
-    "duplicate-target": (target_obj("web-edge-copy", GOOD_TARGET), "DuplicateTarget"),
+    "agent-of-another-namespace": (
+        target_obj("web-remote", {"stackRef": {"name": "web"}, "agentName": "remote", "clusterName": "eu-1"}),
+        "AgentNotPermitted",
+    ),
 }
 
 
-def test_twenty_malformed_objects_are_counted():
-    assert len(SCHEMA_FORBIDS) + len(OPERATOR_STALLS) == 20
+def test_at_least_twenty_malformed_objects_are_tried():
+    assert len(SCHEMA_FORBIDS) + len(OPERATOR_STALLS) >= 20
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMA_FORBIDS))
@@ -94,6 +104,8 @@ async def test_schema_valid_malformed_objects_end_stalled_and_the_operator_carri
     # the objects that the conflicts collide with
     await cluster.create(STACKS, {"metadata": {"name": "web"}, "spec": {"resources": [configmap("a")]}})
     await cluster.create(AGENTS, {"metadata": {"name": "edge"}, "spec": {"clusterName": "eu-1"}})
+    await cluster.create(AGENTS, {"metadata": {"name": "remote", "namespace": "other"}, "spec": {"clusterName": "eu-1"}})
+    await cluster.wait_condition(AGENTS, "remote", "Ready", "True", namespace="other")
     await cluster.create(AGENT_TARGETS, {"metadata": {"name": "web-edge"}, "spec": GOOD_TARGET})
     await cluster.wait_condition(AGENT_TARGETS, "web-edge", "Ready", "True")
     await cluster.wait_condition(AGENTS, "edge", "Ready", "True")

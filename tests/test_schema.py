@@ -28,6 +28,7 @@ EXPECTED = {
         "cluster_name": varchar(255), "last_heartbeat": TS, "status": varchar(50), "pak_hash": TEXT,
         "pak_key_id": TEXT,  # beyond the data design: a key authenticates only with the id it was issued with
         "namespace": TEXT, "allowed_namespaces": ("ARRAY", None),  # beyond the data design: tenancy
+        "selector_labels": ("jsonb", None),  # beyond the data design: metadata.labels, for agentSelector
     },
     "deployment_objects": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "sequence_id": ("bigint", None),

@@ -81,9 +81,9 @@ async def test_desired_state_has_latest_objects_and_deletion_markers(store):
         await store.upsert_stack(sid, name, None)
         await store.emit_deployment_object(sid, f"name: {name}\n")
     newest = (await store.emit_deployment_object(live, "name: live-v2\n")).deployment_object
-    await store.set_agent_target(owner, live, "edge", "eu-1")
-    await store.set_agent_target(uuid.uuid4(), dead, "edge", "eu-1")
-    await store.set_agent_target(uuid.uuid4(), other, "edge", "us-1")  # another cluster
+    await store.set_agent_targets(owner, live, [("edge", "eu-1")])
+    await store.set_agent_targets(uuid.uuid4(), dead, [("edge", "eu-1")])
+    await store.set_agent_targets(uuid.uuid4(), other, [("edge", "us-1")])  # another cluster
     await store.soft_delete_stack(dead)
 
     state = {d.stack_name: d for d in await store.desired_state("edge", "eu-1")}
@@ -98,20 +98,23 @@ async def test_agent_target_rows_follow_their_owner(store, db):
     owner = uuid.uuid4()
     first, second = uuid.uuid4(), uuid.uuid4()
     await store.upsert_stack(first, "a/web", None)
-    t1 = await store.set_agent_target(owner, first, "edge", "eu-1")
-    assert await store.set_agent_target(owner, first, "edge", "eu-1") == t1  # idempotent
-    await store.set_agent_target(owner, first, "edge-2", "eu-1")  # spec change moves the row
+    await store.set_agent_targets(owner, first, [("edge", "eu-1")])
+    t1 = db.execute("SELECT id FROM agent_targets").fetchall()
+    await store.set_agent_targets(owner, first, [("edge", "eu-1")])
+    assert db.execute("SELECT id FROM agent_targets").fetchall() == t1  # idempotent
+    await store.set_agent_targets(owner, first, [("edge-2", "eu-1")])  # spec change moves the row
     assert db.execute("SELECT agent_name FROM agent_targets").fetchall() == [("edge-2",)]
     # the Stack is deleted and re-created: a new row for the new stack, the old one stays
     await store.soft_delete_stack(first)
     await store.upsert_stack(second, "a/web", None)
-    t2 = await store.set_agent_target(owner, second, "edge-2", "eu-1")
-    assert t2 != t1
+    await store.set_agent_targets(owner, second, [("edge-2", "eu-1")])
     assert {r[0] for r in db.execute("SELECT stack_id FROM agent_targets")} == {first, second}
-    with pytest.raises(Conflict):
-        await store.set_agent_target(uuid.uuid4(), second, "edge-2", "eu-1")
+    # another AgentTarget binding the same agent to the same stack shares the row: no duplicate
+    other = uuid.uuid4()
+    await store.set_agent_targets(other, second, [("edge-2", "eu-1")])
+    assert db.execute("SELECT count(*) FROM agent_targets WHERE stack_id = %s", (second,)).fetchone()[0] == 1
     with pytest.raises(NotFound):
-        await store.set_agent_target(uuid.uuid4(), uuid.uuid4(), "edge-2", "eu-1")
+        await store.set_agent_targets(uuid.uuid4(), uuid.uuid4(), [("edge-2", "eu-1")])
     assert await store.remove_agent_targets(owner) == 2
     assert db.execute("SELECT count(*) FROM agent_targets").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM annotations").fetchone()[0] == 0, "owner records go with their rows"
@@ -143,8 +146,8 @@ async def test_record_events_only_for_targeted_stacks(store, db):
     await store.upsert_stack(theirs, "a/theirs", None)
     my_do = (await store.emit_deployment_object(mine, "a: 1\n")).deployment_object
     their_do = (await store.emit_deployment_object(theirs, "a: 1\n")).deployment_object
-    await store.set_agent_target(uuid.uuid4(), mine, "edge", "eu-1")
-    await store.set_agent_target(uuid.uuid4(), theirs, "edge", "us-1")
+    await store.set_agent_targets(uuid.uuid4(), mine, [("edge", "eu-1")])
+    await store.set_agent_targets(uuid.uuid4(), theirs, [("edge", "us-1")])
 
     ids = await store.record_events(agent, [EventIn(my_do.id, "APPLY", "SUCCESS", "ok")])
     assert len(ids) == 1
@@ -183,9 +186,9 @@ async def test_an_unchanged_target_writes_nothing_and_wakes_no_long_poll(store, 
     await store.upsert_stack(sid, "a/web", None)
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN stackyard_state")
-        await store.set_agent_target(owner, sid, "edge", "eu-1")
+        await store.set_agent_targets(owner, sid, [("edge", "eu-1")])
         assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(sid)]
-        await store.set_agent_target(owner, sid, "edge", "eu-1")
+        await store.set_agent_targets(owner, sid, [("edge", "eu-1")])
         assert list(listener.notifies(timeout=0.5)) == [], "a no-op reconcile sends no NOTIFY"
-        await store.set_agent_target(owner, sid, "edge-2", "eu-1")
+        await store.set_agent_targets(owner, sid, [("edge-2", "eu-1")])
         assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(sid)]

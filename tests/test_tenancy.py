@@ -39,9 +39,9 @@ async def _targets(store) -> list[str]:
 async def test_same_namespace_is_permitted_and_others_are_not(store, db):
     await _agent(store, "ten-b")
     own, foreign = await _stack(store, "ten-b"), await _stack(store, "ten-a")
-    await store.set_agent_target(uuid.uuid4(), own, "edge", "eu-1", "ten-b")
+    await store.set_agent_targets(uuid.uuid4(), own, [("edge", "eu-1")], "ten-b")
     with pytest.raises(NotPermitted) as refused:
-        await store.set_agent_target(uuid.uuid4(), foreign, "edge", "eu-1", "ten-a")
+        await store.set_agent_targets(uuid.uuid4(), foreign, [("edge", "eu-1")], "ten-a")
     assert "ten-b" not in str(refused.value), "the message reveals nothing of the Agent's namespace"
     with pytest.raises(psycopg.errors.InsufficientPrivilege):  # no code path around it
         db.execute("INSERT INTO agent_targets (stack_id, agent_name, cluster_name, namespace)"
@@ -52,7 +52,7 @@ async def test_same_namespace_is_permitted_and_others_are_not(store, db):
 async def test_a_grant_permits_and_revoking_it_removes_the_target(store):
     agent_id = await _agent(store, "ten-b", allowed=["ten-a"])
     foreign = await _stack(store, "ten-a")
-    await store.set_agent_target(uuid.uuid4(), foreign, "edge", "eu-1", "ten-a")
+    await store.set_agent_targets(uuid.uuid4(), foreign, [("edge", "eu-1")], "ten-a")
     assert await _targets(store) == ["ten-a/web"]
     await _agent(store, "ten-b", allowed=[], agent_id=agent_id)  # the grant is removed
     assert await _targets(store) == [], "the stack leaves the agent's desired state"
@@ -60,8 +60,8 @@ async def test_a_grant_permits_and_revoking_it_removes_the_target(store):
 
 async def test_targets_written_before_the_agent_exists_are_checked_when_it_registers(store):
     foreign, own = await _stack(store, "ten-a"), await _stack(store, "ten-c")
-    await store.set_agent_target(uuid.uuid4(), foreign, "edge", "eu-1", "ten-a")
-    await store.set_agent_target(uuid.uuid4(), own, "edge", "eu-1", "ten-c")
+    await store.set_agent_targets(uuid.uuid4(), foreign, [("edge", "eu-1")], "ten-a")
+    await store.set_agent_targets(uuid.uuid4(), own, [("edge", "eu-1")], "ten-c")
     await _agent(store, "ten-c")  # registered in ten-c: ten-a's target is dropped
     assert await _targets(store) == ["ten-c/web"]
 
@@ -69,7 +69,7 @@ async def test_targets_written_before_the_agent_exists_are_checked_when_it_regis
 async def test_an_agent_moved_to_another_namespace_keeps_only_what_it_permits(store):
     old_id = await _agent(store, "ten-a")
     stack = await _stack(store, "ten-a")
-    await store.set_agent_target(uuid.uuid4(), stack, "edge", "eu-1", "ten-a")
+    await store.set_agent_targets(uuid.uuid4(), stack, [("edge", "eu-1")], "ten-a")
     assert await _targets(store) == ["ten-a/web"]
     await store.soft_delete_agent(old_id)  # the Agent is deleted in ten-a and created in ten-b
     await _agent(store, "ten-b")

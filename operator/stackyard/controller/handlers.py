@@ -207,6 +207,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
             targets_by_stack=kwargs["targets_by_stack"],
             targets_by_agent=kwargs["targets_by_agent"],
             agents_by_uid=kwargs["agents_by_uid"],
+            selector_targets=kwargs["selector_targets"],
         )
         ctx.mirror = mirror
         ctx.mirror_task = asyncio.create_task(mirror.run(), name="status-mirror")
@@ -325,6 +326,8 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorReg
     @kopf.on.delete(GROUP, VERSION, "agents", registry=registry)
     async def agent_deleted(body: kopf.Body, logger: kopf.Logger, retry: int, **_: Any) -> None:
         await run_delete(ctx, "Agent", logger, retry, lambda: delete_agent(ctx.require_store(), body))
+        if ctx.mirror is not None:  # selector AgentTargets drop it
+            ctx.mirror.note_agent(uuid.UUID(body["metadata"]["uid"]))
 
     @kopf.timer(GROUP, VERSION, "agents", interval=config.heartbeat_interval, registry=registry)
     @tolerant

@@ -33,6 +33,7 @@ from .status import newly_failed
 log = logging.getLogger(__name__)
 
 API_VERSION = f"{GROUP}/{VERSION}"
+SELECTORS = "all"  # the one key of the selector_targets index
 COALESCE_SECONDS = 0.05
 
 
@@ -59,6 +60,7 @@ class Mirror:
     targets_by_stack: Any
     targets_by_agent: Any
     agents_by_uid: Any
+    selector_targets: Any
     dirty_agents: dict[uuid.UUID, float] = field(default_factory=dict)
     dirty_stacks: dict[uuid.UUID, float] = field(default_factory=dict)
     dirty_target_refs: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -165,6 +167,8 @@ class Mirror:
                 await self._patch_status("AgentTarget", meta["namespace"], meta["name"], status, at)
 
     async def _mirror_agent(self, agent_id: uuid.UUID, at: float) -> None:
+        # Selector AgentTargets may gain or lose this agent (created, relabelled, granted, deleted).
+        await self._mirror_targets(self.selector_targets, SELECTORS, at)
         agent = await self.store.get_agent(agent_id)
         if agent is None:
             return
@@ -212,6 +216,10 @@ def register_indexes(registry: kopf.OperatorRegistry) -> None:
     def targets_by_stack(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
         ref = (spec.get("stackRef") or {}).get("name")
         return {(namespace, ref): snapshot(body)} if isinstance(ref, str) else {}
+
+    @kopf.index(GROUP, VERSION, "agenttargets", id="selector_targets", registry=registry)
+    def selector_targets(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+        return {SELECTORS: snapshot(body)} if spec.get("agentSelector") is not None else {}
 
     @kopf.index(GROUP, VERSION, "agenttargets", id="targets_by_agent", registry=registry)
     def targets_by_agent(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:

@@ -24,7 +24,7 @@ from .render import InvalidSpec
 from .status import heartbeat_is_old, last_event_status, visible
 
 STACK_KEYS = ("targets", "agents")
-TARGET_KEYS = ("targetId", "stackId", "agent", "deployment", "conditions")
+TARGET_KEYS = ("targetId", "stackId", "agent", "deployment", "selectedAgents", "agents", "conditions")
 AGENT_KEYS = ("phase", "lastEvent")
 
 

@@ -20,12 +20,13 @@ from typing import Any
 from .. import pak
 from ..config import FIELD_MANAGER, GROUP, ROTATE_PAK_ANNOTATION, VERSION, OperatorConfig
 from ..kube import Kube
-from ..store import Conflict, Immutable, NotPermitted, Store, target_row_id
-from .conditions import Outcome, ready_outcome, retrying_outcome
+from ..store import Conflict, Immutable, NotPermitted, Store
+from .conditions import Outcome, now_rfc3339, ready_outcome, retrying_outcome
 from .render import (
     InvalidSpec,
     render_stack,
     required_name,
+    selector_matches,
     selector_query,
     validate_annotations,
     validate_labels,
@@ -121,24 +122,49 @@ async def delete_stack(store: Store, body: Mapping[str, Any]) -> None:
 # AgentTarget ----------------------------------------------------------------------------
 
 
-def _target_spec(body: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    """(namespace, stack name, agent name, cluster name) of an AgentTarget, or InvalidSpec."""
+@dataclass(frozen=True)
+class TargetSpec:
+    """An AgentTarget's spec: the Stack, and either one named agent or a label selector over Agents."""
+
+    namespace: str
+    stack_name: str
+    agent: tuple[str, str] | None  # (agent name, cluster name)
+    selector: Mapping[str, Any] | None
+
+
+def _target_spec(body: Mapping[str, Any]) -> TargetSpec:
+    """The AgentTarget's spec, or InvalidSpec naming what is wrong."""
     spec = _spec(body)
     stack_ref = spec.get("stackRef")
     if not isinstance(stack_ref, Mapping):
         raise InvalidSpec("InvalidSpec", "spec.stackRef.name is required")
-    return (
-        body["metadata"]["namespace"],
-        required_name(stack_ref.get("name"), "spec.stackRef.name"),
-        required_name(spec.get("agentName"), "spec.agentName"),
-        required_name(spec.get("clusterName"), "spec.clusterName"),
-    )
+    stack_name = required_name(stack_ref.get("name"), "spec.stackRef.name")
+    named = spec.get("agentName") is not None or spec.get("clusterName") is not None
+    selector = spec.get("agentSelector")
+    if named == (selector is not None):
+        raise InvalidSpec("InvalidSpec", "give either spec.agentName and spec.clusterName, or spec.agentSelector")
+    if selector is not None:
+        selector_query(selector, "spec.agentSelector")  # validates
+        return TargetSpec(body["metadata"]["namespace"], stack_name, None, selector)
+    agent = (required_name(spec.get("agentName"), "spec.agentName"),
+             required_name(spec.get("clusterName"), "spec.clusterName"))
+    return TargetSpec(body["metadata"]["namespace"], stack_name, agent, None)
+
+
+async def selected_agents(store: Store, target: TargetSpec) -> list[tuple[str, str]]:
+    """The (agent, cluster) pairs an AgentTarget binds: its named agent, or the permitted Agents its selector picks."""
+    if target.agent is not None:
+        return [target.agent]
+    assert target.selector is not None
+    return [(name, cluster) for name, cluster, labels in await store.permitted_agents(target.namespace)
+            if selector_matches(target.selector, labels)]
 
 
 async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, cluster_name: str) -> dict[str, Any]:
-    """`stackId`, `agent` and `deployment` of an AgentTarget's status (reads only)."""
+    """`stackId`, `targetId`, `agent` and `deployment` of a named AgentTarget's status (reads only)."""
     agent = await store.agent_by_name(agent_name, cluster_name)
-    status: dict[str, Any] = {"stackId": str(stack_id), "agent": agent_target_agent_status(agent), "deployment": None}
+    status: dict[str, Any] = {"stackId": str(stack_id), "targetId": None, "agent": agent_target_agent_status(agent),
+                              "deployment": None}
     latest = await store.latest_deployment_object(stack_id)
     rows = await store.target_rows(stack_id, agent_name, cluster_name)
     if rows:
@@ -149,6 +175,7 @@ async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, clus
         if rows[0].event_time is not None:
             deployment["lastEventTime"] = rfc3339(rows[0].event_time)
         status["deployment"] = deployment
+        status["targetId"] = str(rows[0].target_id)
     return status
 
 
@@ -156,34 +183,48 @@ async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
     """The outcome and status an AgentTarget should show now, without writing anything.
 
     Keys set to None are cleared by the merge patch (a Stack that is gone leaves
-    no stale deployment state behind).
+    no stale deployment state behind). `needs_write` is set when the rows do not
+    match what the spec selects (a Stack or Agent that appeared, left or was relabelled).
     """
-    namespace, stack_name, agent_name, cluster_name = _target_spec(body)
-    stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
+    target = _target_spec(body)
+    stack_id = await store.live_stack_id(stack_row_name(target.namespace, target.stack_name))
+    selected = await selected_agents(store, target)
+    owned = {(s, a, c) for s, a, c in await store.owned_targets(_uid(body))}
     if stack_id is None:
-        agent = await store.agent_by_name(agent_name, cluster_name)
-        status: dict[str, Any] = {"targetId": None, "stackId": None, "deployment": None,
-                                  "agent": agent_target_agent_status(agent)}
-        message = f"Stack {namespace}/{stack_name} does not exist; waiting for it"
-        return Result(retrying_outcome("StackNotFound", message, ready="False"), status)
-    status = {"targetId": str(target_row_id(_uid(body), stack_id)),
-              **await target_status(store, stack_id, agent_name, cluster_name)}
-    if status["deployment"] is None:  # no row on this Stack yet: it appeared after the AgentTarget was reconciled
-        status["targetId"] = None
-        return Result(retrying_outcome("Binding", f"binding to Stack {namespace}/{stack_name}"), status,
+        status: dict[str, Any] = {"targetId": None, "stackId": None, "deployment": None, "agents": None,
+                                  "selectedAgents": len(selected), "agent": None}
+        if target.agent is not None:
+            status["agent"] = agent_target_agent_status(await store.agent_by_name(*target.agent))
+        message = f"Stack {target.namespace}/{target.stack_name} does not exist; waiting for it"
+        return Result(retrying_outcome("StackNotFound", message, ready="False"), status, needs_write=bool(owned))
+    rows = await store.target_rows(stack_id)
+    bound = {(r.agent_name, r.cluster_name) for r in rows}
+    stale = {(a, c) for s, a, c in owned if s != stack_id or (a, c) not in set(selected)}
+    unbound = [pair for pair in selected if pair not in bound]
+    if target.agent is not None:
+        agent_name, cluster_name = target.agent
+        status = {"selectedAgents": 1, "agents": None, **await target_status(store, stack_id, agent_name, cluster_name)}
+        registered = "registered" if status["agent"]["registered"] else "not registered yet"
+        message = f"targets agent {agent_name} in cluster {cluster_name} ({registered})"
+    else:
+        latest = await store.latest_deployment_object(stack_id)
+        _counts, entries = agents_status(latest, [r for r in rows if (r.agent_name, r.cluster_name) in set(selected)],
+                                         (body.get("status") or {}).get("agents"), now_rfc3339())
+        status = {"stackId": str(stack_id), "targetId": None, "agent": None, "deployment": None,
+                  "selectedAgents": len(selected), "agents": entries}
+        message = f"selects {len(selected)} agents"
+    if unbound or stale:
+        return Result(retrying_outcome("Binding", f"binding to Stack {target.namespace}/{target.stack_name}"), status,
                       needs_write=True)
-    registered = "registered" if status["agent"]["registered"] else "not registered yet"
-    return Result(ready_outcome(f"targets agent {agent_name} in cluster {cluster_name} ({registered})"), status)
+    return Result(ready_outcome(message), status)
 
 
 async def reconcile_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
-    """Make the target row match the spec and report its status."""
-    namespace, stack_name, agent_name, cluster_name = _target_spec(body)
-    stack_id = await store.live_stack_id(stack_row_name(namespace, stack_name))
+    """Make the target rows match what the spec selects and report the status."""
+    target = _target_spec(body)
+    stack_id = await store.live_stack_id(stack_row_name(target.namespace, target.stack_name))
     try:
-        await store.set_agent_target(_uid(body), stack_id, agent_name, cluster_name, namespace)
-    except Conflict as exc:
-        raise InvalidSpec("DuplicateTarget", str(exc)) from exc
+        await store.set_agent_targets(_uid(body), stack_id, await selected_agents(store, target), target.namespace)
     except NotPermitted as exc:
         raise InvalidSpec("AgentNotPermitted", str(exc)) from exc
     return await observe_agent_target(store, body)
@@ -247,7 +288,8 @@ async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body
         allowed |= {ns["metadata"]["name"] for ns in await kube.list("v1", "Namespace", label_selector=query)}
     try:
         agent = await store.register_agent(_uid(body), agent_name, cluster_name, labels, annotations,
-                                           meta["namespace"], sorted(allowed - {meta["namespace"]}))
+                                           meta["namespace"], sorted(allowed - {meta["namespace"]}),
+                                           meta.get("labels") or {})
     except Conflict as exc:
         raise InvalidSpec("AgentNameConflict", str(exc)) from exc
     except Immutable as exc:

@@ -163,3 +163,22 @@ def selector_query(selector: Any, where: str) -> str:
         else:
             raise InvalidSpec("InvalidSelector", f"{at}: unknown operator {operator!r} (In, NotIn, Exists, DoesNotExist)")
     return ",".join(parts)
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether labels satisfy a metav1.LabelSelector (all of matchLabels and matchExpressions)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], set(expression.get("values") or [])
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True

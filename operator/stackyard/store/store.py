@@ -6,9 +6,11 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timedelta
 import psycopg
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -43,9 +45,9 @@ class NotTargeted(StoreError):
         self.ids = list(ids)
 
 
-def target_row_id(owner_uid: uuid.UUID, stack_id: uuid.UUID) -> uuid.UUID:
-    """The id of the target row an AgentTarget resource keeps on a stack (derived, so it can be known without a read)."""
-    return uuid.uuid5(owner_uid, str(stack_id))
+def target_row_id(owner_uid: uuid.UUID, stack_id: uuid.UUID, agent_name: str, cluster_name: str) -> uuid.UUID:
+    """The id of the row an AgentTarget resource creates to bind one agent to a stack (derived, not random)."""
+    return uuid.uuid5(owner_uid, f"{stack_id}/{agent_name}/{cluster_name}")
 
 
 def sha256_hex(text: str) -> str:
@@ -110,6 +112,7 @@ class TargetRow:
     event_message: str | None
     event_time: datetime | None
     event_sequence_id: int | None
+    target_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -245,62 +248,57 @@ class Store:
 
     # Agent targets ------------------------------------------------------------
 
-    async def set_agent_target(
-        self, owner_uid: uuid.UUID, stack_id: uuid.UUID | None, agent_name: str, cluster_name: str,
+    async def set_agent_targets(
+        self, owner_uid: uuid.UUID, stack_id: uuid.UUID | None, agents: Sequence[tuple[str, str]],
         namespace: str = "default",
-    ) -> uuid.UUID | None:
-        """Make the targets owned by an AgentTarget resource exactly this one; returns its row id.
+    ) -> None:
+        """Make an AgentTarget resource bind exactly these (agent, cluster) pairs to its Stack.
 
         With `stack_id` None (the Stack does not exist) the owner keeps no row on a live stack.
+        Rows of the owner that point at soft-deleted stacks stay (they carry the deletion marker
+        to the agent) until the stack is hard-deleted. A pair another AgentTarget already binds
+        to the same stack is shared, not duplicated: its row stays the other one's.
 
-        Rows of the owner that point at soft-deleted stacks stay (they carry the
-        deletion marker to the agent) until the stack is hard-deleted. Row ids are
-        derived from the owner uid and the stack id, so a Stack re-created under
-        the same name gets a new row while the old one stays.
-
-        `namespace` is the AgentTarget's: the database refuses (NotPermitted) a row for an agent that
-        lives in another namespace and does not grant this one.
+        `namespace` is the AgentTarget's: the database refuses (NotPermitted) a binding to an
+        agent that lives in another namespace and does not grant this one.
         """
-        target_id = target_row_id(owner_uid, stack_id) if stack_id else None
+        wanted = sorted(set(agents)) if stack_id else []
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "DELETE FROM agent_targets t USING annotations a, stacks s"
                 " WHERE a.external_object_id = t.id AND a.key = %s AND a.value = %s"
-                " AND s.id = t.stack_id AND s.deleted_at IS NULL AND t.id IS DISTINCT FROM %s",
-                (OWNER_KEY, str(owner_uid), target_id),
+                " AND s.id = t.stack_id AND s.deleted_at IS NULL"
+                " AND NOT (t.stack_id IS NOT DISTINCT FROM %s AND (t.agent_name, t.cluster_name)"
+                "          IN (SELECT * FROM unnest(%s::text[], %s::text[])))",
+                (OWNER_KEY, str(owner_uid), stack_id, [a for a, _ in wanted], [c for _, c in wanted]),
             )
-            if target_id is None:
-                return None
-            try:
+            for agent_name, cluster_name in wanted:
+                await _bind(conn, owner_uid, stack_id, agent_name, cluster_name, namespace)
+
+    async def owned_targets(self, owner_uid: uuid.UUID) -> list[tuple[uuid.UUID, str, str]]:
+        """(stack id, agent, cluster) of the rows an AgentTarget resource owns on live stacks."""
+        async with self.pool.connection() as conn:
+            rows = await (
                 await conn.execute(
-                    "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name, namespace)"
-                    " VALUES (%s, %s, %s, %s, %s)"
-                    " ON CONFLICT (id) DO UPDATE SET agent_name = EXCLUDED.agent_name,"
-                    " cluster_name = EXCLUDED.cluster_name, namespace = EXCLUDED.namespace"
-                    # no write (and so no NOTIFY waking every long-poll) when nothing changes
-                    " WHERE (agent_targets.agent_name, agent_targets.cluster_name, agent_targets.namespace)"
-                    " IS DISTINCT FROM (EXCLUDED.agent_name, EXCLUDED.cluster_name, EXCLUDED.namespace)",
-                    (target_id, stack_id, agent_name, cluster_name, namespace),
+                    "SELECT t.stack_id, t.agent_name, t.cluster_name FROM agent_targets t"
+                    " JOIN annotations a ON a.external_object_id = t.id AND a.key = %s AND a.value = %s"
+                    " JOIN stacks s ON s.id = t.stack_id AND s.deleted_at IS NULL",
+                    (OWNER_KEY, str(owner_uid)),
                 )
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise NotPermitted(
-                    f"agent {agent_name!r} in cluster {cluster_name!r} does not accept targets from namespace"
-                    f" {namespace!r}: register it in this namespace, or list this namespace in the Agent's"
-                    " spec.allowedNamespaces (or match it by spec.allowedNamespaceSelector)"
-                ) from exc
-            except psycopg.errors.UniqueViolation as exc:
-                raise Conflict(
-                    f"stack {stack_id} is already targeted to agent {agent_name!r} in cluster {cluster_name!r}"
-                    " by another AgentTarget"
-                ) from exc
-            except psycopg.errors.ForeignKeyViolation as exc:
-                raise NotFound(f"no stack {stack_id}") from exc
-            await conn.execute(
-                "INSERT INTO annotations (external_object_id, key, value) VALUES (%s, %s, %s)"
-                " ON CONFLICT (external_object_id, key) DO NOTHING",
-                (target_id, OWNER_KEY, str(owner_uid)),
-            )
-        return target_id
+            ).fetchall()
+            return [(stack_id, agent, cluster) for stack_id, agent, cluster in rows]
+
+    async def permitted_agents(self, namespace: str) -> list[tuple[str, str, dict[str, str]]]:
+        """(name, cluster, metadata.labels) of the live agents an AgentTarget in `namespace` may bind."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT name, cluster_name, selector_labels FROM agents a WHERE deleted_at IS NULL"
+                    " AND stackyard_target_permitted(%s, a.name, a.cluster_name) ORDER BY name, cluster_name",
+                    (namespace,),
+                )
+            ).fetchall()
+            return [(name, cluster, dict(labels)) for name, cluster, labels in rows]
 
     async def remove_agent_targets(self, owner_uid: uuid.UUID) -> int:
         """Remove every target row owned by an AgentTarget resource; returns how many."""
@@ -323,6 +321,7 @@ class Store:
         annotations: Mapping[str, str] | None = None,
         namespace: str | None = None,
         allowed_namespaces: Iterable[str] = (),
+        selector_labels: Mapping[str, str] | None = None,
     ) -> Agent:
         """Create or update a live agent row with these labels, annotations and grants; Immutable on a rename.
 
@@ -334,14 +333,15 @@ class Store:
                 cur = conn.cursor(row_factory=class_row(Agent))
                 agent = await (
                     await cur.execute(
-                        "INSERT INTO agents (id, name, cluster_name, namespace, allowed_namespaces)"
-                        " VALUES (%s, %s, %s, %s, %s)"
+                        "INSERT INTO agents (id, name, cluster_name, namespace, allowed_namespaces, selector_labels)"
+                        " VALUES (%s, %s, %s, %s, %s, %s)"
                         " ON CONFLICT (id) DO UPDATE SET namespace = EXCLUDED.namespace,"
-                        " allowed_namespaces = EXCLUDED.allowed_namespaces"
+                        " allowed_namespaces = EXCLUDED.allowed_namespaces, selector_labels = EXCLUDED.selector_labels"
                         # name and cluster are fixed once the row exists: no row back means a rename was asked
                         " WHERE (agents.name, agents.cluster_name) = (EXCLUDED.name, EXCLUDED.cluster_name)"
                         f" RETURNING {_AGENT_COLUMNS}",
-                        (agent_id, name, cluster_name, namespace, sorted(set(allowed_namespaces))),
+                        (agent_id, name, cluster_name, namespace, sorted(set(allowed_namespaces)),
+                         Jsonb(dict(selector_labels or {}))),
                     )
                 ).fetchone()
             except psycopg.errors.UniqueViolation as exc:
@@ -586,7 +586,7 @@ SELECT d.*
 TARGET_ROWS_SQL = """
 SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS agent_status, a.last_heartbeat,
        e.status AS event_status, e.message AS event_message, e.created_at AS event_time,
-       e.sequence_id AS event_sequence_id
+       e.sequence_id AS event_sequence_id, t.id AS target_id
   FROM agent_targets t
   LEFT JOIN agents a
          ON a.name = t.agent_name AND a.cluster_name = t.cluster_name AND a.deleted_at IS NULL
@@ -602,6 +602,45 @@ SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS a
    AND (%s::text IS NULL OR t.cluster_name = %s)
  ORDER BY t.agent_name, t.cluster_name
 """
+
+
+async def _bind(
+    conn: psycopg.AsyncConnection[Any], owner_uid: uuid.UUID, stack_id: uuid.UUID | None, agent_name: str,
+    cluster_name: str, namespace: str,
+) -> None:
+    """Bind one (agent, cluster) to a stack for an owner, or share another owner's row; checks tenancy."""
+    permitted = await (
+        await conn.execute("SELECT stackyard_target_permitted(%s, %s, %s)", (namespace, agent_name, cluster_name))
+    ).fetchone()
+    if not (permitted and permitted[0]):  # also when sharing a row: another namespace's binding grants nothing
+        raise NotPermitted(
+            f"agent {agent_name!r} in cluster {cluster_name!r} does not accept targets from namespace {namespace!r}:"
+            " register it in this namespace, or list this namespace in the Agent's spec.allowedNamespaces"
+            " (or match it by spec.allowedNamespaceSelector)"
+        )
+    assert stack_id is not None
+    row_id = target_row_id(owner_uid, stack_id, agent_name, cluster_name)
+    try:
+        inserted = await (
+            await conn.execute(
+                "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name, namespace)"
+                " VALUES (%s, %s, %s, %s, %s)"
+                # an existing binding (ours, or another AgentTarget's) is kept as it is: no write, no NOTIFY
+                " ON CONFLICT (stack_id, agent_name, cluster_name) DO NOTHING RETURNING id",
+                (row_id, stack_id, agent_name, cluster_name, namespace),
+            )
+        ).fetchone()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise NotPermitted(f"agent {agent_name!r} in cluster {cluster_name!r} does not accept targets from"
+                           f" namespace {namespace!r}") from exc
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise NotFound(f"no stack {stack_id}") from exc
+    if inserted is not None:
+        await conn.execute(
+            "INSERT INTO annotations (external_object_id, key, value) VALUES (%s, %s, %s)"
+            " ON CONFLICT (external_object_id, key) DO NOTHING",
+            (row_id, OWNER_KEY, str(owner_uid)),
+        )
 
 
 async def _upsert_stack(

@@ -26,6 +26,10 @@ $$;
 CREATE FUNCTION stackyard_check_target_permitted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- A row written without a namespace (the data model's columns only) belongs to its Stack's namespace.
+    IF NEW.namespace IS NULL THEN
+        SELECT split_part(name, '/', 1) INTO NEW.namespace FROM stacks WHERE id = NEW.stack_id;
+    END IF;
     IF NOT stackyard_target_permitted(NEW.namespace, NEW.agent_name, NEW.cluster_name) THEN
         RAISE EXCEPTION 'AgentNotPermitted: agent % in cluster % does not accept targets from namespace %',
             NEW.agent_name, NEW.cluster_name, NEW.namespace
