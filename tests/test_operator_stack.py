@@ -28,7 +28,9 @@ async def test_stack_create_update_noop_and_delete(operator, cluster, store, db)
     assert first["resourceCount"] == 1 and len(first["checksum"]) == 64
     assert condition(obj, "Stalled") is None and condition(obj, "Reconciling") is None
     assert db.execute("SELECT name, description FROM stacks").fetchall() == [("default/web", "web tier")]
-    assert await store.stack_metadata(stack_id) == (["tier=web"], {"owner": "team-a"})
+    assert db.execute("SELECT label FROM labels WHERE external_object_id = %s", (stack_id,)).fetchall() == [("tier=web",)]
+    assert db.execute("SELECT key, value FROM annotations WHERE external_object_id = %s",
+                      (stack_id,)).fetchall() == [("owner", "team-a")]
     assert "stackyard.dev/finalizer" in obj["metadata"]["finalizers"]
     annotations = obj["metadata"].get("annotations", {})
     assert not any(len(v) > 200 for v in annotations.values()), "no whole-object copies in annotations"

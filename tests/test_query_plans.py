@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stackyard.store.store import DESIRED_STATE_SQL, LATEST_PER_STACK_SQL
+from stackyard.store.store import _LATEST_SQL, DESIRED_STATE_SQL
 
 
 def plan_nodes(plan: dict) -> list[dict]:
@@ -51,8 +51,8 @@ def test_hot_queries_use_indexes(db):
     assert any(n.get("Index Name") == "agent_targets_agent_cluster_idx" for n in desired)
     assert any(n.get("Index Name") == "deployment_objects_stack_sequence_idx" for n in desired)
 
-    some = [r[0] for r in db.execute("SELECT id FROM stacks ORDER BY name LIMIT 20")]
-    latest = explain(db, LATEST_PER_STACK_SQL, (some,))
+    some = db.execute("SELECT id FROM stacks ORDER BY name LIMIT 1").fetchone()[0]
+    latest = explain(db, _LATEST_SQL, (some,))
     assert not any(n["Node Type"] == "Seq Scan" for n in latest), [n["Node Type"] for n in latest]
     assert any(n.get("Index Name") == "deployment_objects_stack_sequence_idx" for n in latest)
 

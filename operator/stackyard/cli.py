@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 import contextlib
 import logging
 import os
 import socket
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from . import __version__
 from .logs import setup_logging

@@ -6,17 +6,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timezone
 
 from .api import ApiSettings, create_app
 from .api.server import ApiRunner
-from .httpserver import Readiness, metrics_app, serving, split_address
 from .api.waiters import StateWaiters
 from .config import GROUP, VERSION, OperatorConfig
 from .controller.leader import LeaseElector
 from .controller.operator import run_operator
+from .controller.status import agent_phase
+from .httpserver import Readiness, metrics_app, serving, split_address
 from .kube import CALL_ERRORS, Kube, describe, kube_configuration
 from .metrics import Metrics
 from .store import Store
@@ -25,12 +27,13 @@ log = logging.getLogger(__name__)
 
 
 async def agents_gauge_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:
-    """Keep `stackyard_agents{phase}` current (every heartbeat interval)."""
+    """Keep `stackyard_agents{phase}` current (every heartbeat interval), by the one phase rule `agent_phase`."""
     while True:
         try:
-            counts = await store.agent_phase_counts(timedelta(seconds=config.stale_after))
-            for phase, count in counts.items():
-                metrics.agents.labels(phase).set(count)
+            now = datetime.now(timezone.utc)
+            phases = Counter(agent_phase(beat, now, config.stale_after) for beat in await store.agent_heartbeats())
+            for phase in ("Pending", "Active", "Stale"):
+                metrics.agents.labels(phase).set(phases.get(phase, 0))
             metrics.observe_pool(store.pool.get_stats())
         except Exception as exc:  # a database outage must not end the loop
             log.debug("agent phase counts unavailable: %s", exc)

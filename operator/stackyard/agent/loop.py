@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backoff import Backoff
 from ..kube import CALL_ERRORS, Kube, Ref, describe
 from ..metrics import AgentMetrics
 from .broker import BrokerClient, BrokerError
@@ -52,12 +53,6 @@ class AgentSettings:
     retry_max: float = 60.0
     crd_timeout: float = 60.0
     deletion_grace: float = 10.0
-
-
-@dataclass
-class Backoff:
-    attempts: int = 0
-    next_at: float = 0.0
 
 
 @dataclass
@@ -114,11 +109,11 @@ class StackAgent:
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _sync_forever(self) -> None:
-        broker_delay = self.settings.retry_base
+        unreachable = Backoff(self.settings.retry_base, self.settings.retry_max)
         while True:
             try:
                 answer = await self.broker.target_state(self.etag, self._wait_seconds())
-                broker_delay = self.settings.retry_base
+                unreachable.reset()
                 if answer.changed and answer.document is not None:
                     self.etag = answer.etag
                     self.desired = [DesiredStack.from_document(e) for e in answer.document.get("stacks", [])]
@@ -126,18 +121,19 @@ class StackAgent:
                 self.ready.set()
             except BrokerError as exc:
                 self.metrics.broker_errors_total.labels("target-state").inc()
-                log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, broker_delay)
-                await asyncio.sleep(broker_delay)
-                broker_delay = min(broker_delay * 2, self.settings.retry_max)
+                delay = unreachable.next_delay()
+                log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
             except CALL_ERRORS as exc:  # the target cluster's API server (listing inventories)
-                log.warning("cannot reach the cluster (%s); retrying in %.1fs", describe(exc), broker_delay)
-                await asyncio.sleep(broker_delay)
-                broker_delay = min(broker_delay * 2, self.settings.retry_max)
+                delay = unreachable.next_delay()
+                log.warning("cannot reach the cluster (%s); retrying in %.1fs", describe(exc), delay)
+                await asyncio.sleep(delay)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must survive anything; say what happened and go on
-                log.exception("unexpected error in the sync loop; retrying in %.1fs", broker_delay)
-                await asyncio.sleep(broker_delay)
+                delay = unreachable.next_delay()
+                log.exception("unexpected error in the sync loop; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
 
     def _wait_seconds(self) -> int:
         """Long-poll no longer than the next retry or drift repair is due."""
@@ -245,7 +241,7 @@ class StackAgent:
         backoff = self.backoffs.get(stack.deployment_object_id)
         if done and not drift_due:
             return
-        if backoff is not None and backoff.attempts and time.monotonic() < backoff.next_at:
+        if backoff is not None and backoff.waiting():
             return
         try:
             if isinstance(objects, BadManifest):
@@ -272,10 +268,9 @@ class StackAgent:
         self._event(stack, "APPLY", "SUCCESS", message)
 
     def _failed(self, stack: DesiredStack, exc: Exception) -> None:
-        backoff = self.backoffs.setdefault(stack.deployment_object_id, Backoff())
-        delay = min(self.settings.retry_base * 2 ** backoff.attempts, self.settings.retry_max)
-        backoff.attempts += 1
-        backoff.next_at = time.monotonic() + delay
+        backoff = self.backoffs.setdefault(stack.deployment_object_id,
+                                           Backoff(self.settings.retry_base, self.settings.retry_max))
+        delay = backoff.next_delay()
         self.metrics.applies_total.labels("failure").inc()
         log.warning("stack %s sequence %d failed (attempt %d, retry in %.0fs): %s",
                     stack.stack_name, stack.sequence_id, backoff.attempts, delay, exc)

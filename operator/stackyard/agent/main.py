@@ -10,9 +10,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..httpserver import metrics_app, serving
 from ..kube import Kube, load_configuration
 from ..metrics import AgentMetrics
-from ..httpserver import metrics_app, serving
 from .broker import BrokerClient
 from .loop import AgentSettings, StackAgent
 

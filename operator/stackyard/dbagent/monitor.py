@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..backoff import Backoff
 from .collectors import COLLECTOR_FUNCTIONS, Previous, Reading
 from .config import AlertRule, DbAgentConfig, Instance
 from .storage import History
@@ -131,7 +132,7 @@ class Alerts:
                 await self._deliver(session, payload)
 
     async def _deliver(self, session: aiohttp.ClientSession, payload: dict[str, Any]) -> None:
-        delay = self.first_delay
+        backoff = Backoff(self.first_delay, 30.0)
         for attempt in range(1, self.attempts + 1):
             try:
                 assert self.webhook_url is not None  # only queued when a webhook is configured
@@ -142,9 +143,9 @@ class Alerts:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = str(exc) or type(exc).__name__
             if attempt < self.attempts:
+                delay = backoff.next_delay()
                 log.info("alert webhook attempt %d failed (%s); retrying in %.1fs", attempt, problem, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
         self.exporter.webhook_failures_total.inc()
         log.error("alert webhook %s failed %d times; dropped alert %s", self.webhook_url, self.attempts, payload["rule"])
 
@@ -163,7 +164,7 @@ class InstanceMonitor:
     previous: Previous = field(default_factory=Previous)
     notes: dict[str, str] = field(default_factory=dict)
     retry_at: float = 0.0
-    retry_delay: float = 0.5
+    reconnect: Backoff = field(default_factory=lambda: Backoff(0.5, 30.0))
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -195,10 +196,9 @@ class InstanceMonitor:
                 application_name="stackyard-dbagent",
             )
         except psycopg.OperationalError:
-            self.retry_at = time.monotonic() + self.retry_delay
-            self.retry_delay = min(self.retry_delay * 2, 30.0)
+            self.retry_at = time.monotonic() + self.reconnect.next_delay()
             raise
-        self.retry_delay = 0.5
+        self.reconnect.reset()
         return self.conn
 
     async def collect(self, name: str) -> Reading | None:

@@ -12,9 +12,9 @@ from .store import (
     NotFound,
     NotPermitted,
     NotTargeted,
-    TargetRow,
     Store,
     StoreError,
+    TargetRow,
     sha256_hex,
     target_row_id,
 )

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import psycopg
 from psycopg import sql
 
+from ..backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 STATE_CHANNEL = "stackyard_state"
@@ -43,19 +45,18 @@ async def listen_forever(
     catch up on what it missed; `on_state(False)` when the connection is lost.
     Returns only by cancellation.
     """
-    delay = 0.5
+    backoff = Backoff(0.5, 10.0)
     while True:
         try:
             async for channel, payload in notifications(url, channels):
                 if not channel:
-                    delay = 0.5
+                    backoff.reset()
                     on_state(True)
                     continue
                 await on_notify(channel, payload)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("%s lost its database connection (%s); reconnecting in %.1fs", what, exc, delay)
+            log.warning("%s lost its database connection (%s); reconnecting soon", what, exc)
         on_state(False)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
+        await asyncio.sleep(backoff.next_delay())

@@ -6,8 +6,9 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 from datetime import datetime, timedelta
+from typing import Any
+
 import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
@@ -210,13 +211,6 @@ class Store:
             cur = conn.cursor(row_factory=class_row(DeploymentObject))
             return await (await cur.execute(_LATEST_SQL, (stack_id,))).fetchone()
 
-    async def latest_deployment_objects(self, stack_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, DeploymentObject]:
-        """The newest live deployment object of each of many stacks, by stack id."""
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(DeploymentObject))
-            rows = await (await cur.execute(LATEST_PER_STACK_SQL, (list(stack_ids),))).fetchall()
-            return {row.stack_id: row for row in rows}
-
     async def soft_delete_stack(self, stack_id: uuid.UUID) -> bool:
         """Soft-delete a stack (the database emits its deletion marker); False if already gone."""
         async with self.pool.connection() as conn:
@@ -232,11 +226,6 @@ class Store:
                 await conn.execute("SELECT id FROM stacks WHERE name = %s AND deleted_at IS NULL", (name,))
             ).fetchone()
             return row[0] if row else None
-
-    async def hard_delete_stack(self, stack_id: uuid.UUID) -> bool:
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute("SELECT stackyard_hard_delete_stack(%s)", (stack_id,))).fetchone()
-            return bool(row and row[0])
 
     async def purge_soft_deleted(self, older_than: timedelta) -> dict[str, int]:
         """Retention: hard-delete soft-deleted rows older than `older_than`; counts per table."""
@@ -382,10 +371,6 @@ class Store:
         """Labels and annotations recorded for an agent."""
         return await self._metadata(agent_id)
 
-    async def stack_metadata(self, stack_id: uuid.UUID) -> tuple[list[str], dict[str, str]]:
-        """Labels and annotations recorded for a stack."""
-        return await self._metadata(stack_id)
-
     async def _metadata(self, object_id: uuid.UUID) -> tuple[list[str], dict[str, str]]:
         async with self.pool.connection() as conn:
             labels = await (
@@ -421,11 +406,6 @@ class Store:
             )
             return cur.rowcount == 1
 
-    async def hard_delete_agent(self, agent_id: uuid.UUID) -> bool:
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute("SELECT stackyard_hard_delete_agent(%s)", (agent_id,))).fetchone()
-            return bool(row and row[0])
-
     async def agent_by_name(self, name: str, cluster_name: str) -> Agent | None:
         """The live agent called `name` in `cluster_name`."""
         async with self.pool.connection() as conn:
@@ -450,20 +430,11 @@ class Store:
                 )
             ).fetchone()
 
-    async def agent_phase_counts(self, stale_after: timedelta) -> dict[str, int]:
-        """Live agents by phase: Pending (never heard from), Active, Stale."""
+    async def agent_heartbeats(self) -> list[datetime | None]:
+        """The last heartbeat of every live agent (None: never heard from)."""
         async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    "SELECT CASE WHEN last_heartbeat IS NULL THEN 'Pending'"
-                    " WHEN last_heartbeat >= now() - %s THEN 'Active' ELSE 'Stale' END AS phase, count(*)"
-                    " FROM agents WHERE deleted_at IS NULL GROUP BY 1",
-                    (stale_after,),
-                )
-            ).fetchall()
-            counts = {"Pending": 0, "Active": 0, "Stale": 0}
-            counts.update({phase: n for phase, n in rows})
-            return counts
+            rows = await (await conn.execute("SELECT last_heartbeat FROM agents WHERE deleted_at IS NULL")).fetchall()
+            return [row[0] for row in rows]
 
     async def target_rows(
         self, stack_id: uuid.UUID, agent_name: str | None = None, cluster_name: str | None = None
@@ -569,19 +540,6 @@ SELECT s.id, d.id
  WHERE t.agent_name = %s AND t.cluster_name = %s
  ORDER BY s.name, s.id
 """
-
-LATEST_PER_STACK_SQL = f"""
-SELECT d.*
-  FROM stacks s
-  CROSS JOIN LATERAL (
-        SELECT {_DO_COLUMNS}
-          FROM deployment_objects
-         WHERE stack_id = s.id AND deleted_at IS NULL
-         ORDER BY sequence_id DESC
-         LIMIT 1) d
- WHERE s.id = ANY(%s)
-"""
-
 
 TARGET_ROWS_SQL = """
 SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS agent_status, a.last_heartbeat,
