@@ -25,7 +25,8 @@ import psutil
 
 from common import database, free_port, machine, progress
 
-from stackyard.dbagent.config import DEFAULT_INTERVALS, parse_config  # noqa: E402
+from stackyard.dbagent.collectors import DEFAULT_INTERVALS  # noqa: E402
+from stackyard.dbagent.config import parse_config  # noqa: E402
 from stackyard.dbagent.monitor import Alerts, Exporter, InstanceMonitor  # noqa: E402
 from stackyard.dbagent.storage import History  # noqa: E402
 

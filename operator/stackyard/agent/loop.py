@@ -19,6 +19,7 @@ from typing import Any
 
 from ..backoff import Backoff
 from ..kube import CALL_ERRORS, Kube, Ref, describe
+from ..protocol import WireStack, apply_rank, stacks_of
 from ..metrics import AgentMetrics
 from .broker import BrokerClient, BrokerError
 from .manifests import (
@@ -56,23 +57,6 @@ class AgentSettings:
 
 
 @dataclass
-class DesiredStack:
-    stack_id: str
-    stack_name: str
-    deployment_object_id: str
-    sequence_id: int
-    checksum: str
-    is_deletion_marker: bool
-    yaml: str
-
-    @classmethod
-    def from_document(cls, entry: dict[str, Any]) -> "DesiredStack":
-        do = entry["deploymentObject"]
-        return cls(entry["stackId"], entry["stackName"], do["id"], do["sequenceId"], do["checksum"],
-                   do["isDeletionMarker"], do["yaml"])
-
-
-@dataclass
 class StackAgent:
     """One agent's state; `run()` is the whole loop."""
 
@@ -81,7 +65,7 @@ class StackAgent:
     settings: AgentSettings
     metrics: AgentMetrics
     etag: str | None = None
-    desired: list[DesiredStack] = field(default_factory=list)
+    desired: list[WireStack] = field(default_factory=list)
     backoffs: dict[str, Backoff] = field(default_factory=dict)
     reported_markers: set[str] = field(default_factory=set)
     dead_since: dict[str, float] = field(default_factory=dict)
@@ -116,7 +100,7 @@ class StackAgent:
                 unreachable.reset()
                 if answer.changed and answer.document is not None:
                     self.etag = answer.etag
-                    self.desired = [DesiredStack.from_document(e) for e in answer.document.get("stacks", [])]
+                    self.desired = stacks_of(answer.document)
                 await self.sync_once()
                 self.ready.set()
             except BrokerError as exc:
@@ -187,8 +171,8 @@ class StackAgent:
     async def _delete_dead_stacks(
         self,
         inventories: dict[str, Inventory],
-        live: dict[str, DesiredStack],
-        markers: dict[str, DesiredStack],
+        live: dict[str, WireStack],
+        markers: dict[str, WireStack],
         claimed: set[ObjectRef],
     ) -> None:
         """Remove what dead stacks (deleted, or no longer targeted) left, except objects a live stack claims.
@@ -231,7 +215,7 @@ class StackAgent:
 
     async def _apply_stack(
         self,
-        stack: DesiredStack,
+        stack: WireStack,
         objects: list[dict[str, Any]] | BadManifest,
         inventory: Inventory | None,
         claimed: set[ObjectRef],
@@ -267,7 +251,7 @@ class StackAgent:
         log.info("stack %s sequence %d: %s", stack.stack_name, stack.sequence_id, message)
         self._event(stack, "APPLY", "SUCCESS", message)
 
-    def _failed(self, stack: DesiredStack, exc: Exception) -> None:
+    def _failed(self, stack: WireStack, exc: Exception) -> None:
         backoff = self.backoffs.setdefault(stack.deployment_object_id,
                                            Backoff(self.settings.retry_base, self.settings.retry_max))
         delay = backoff.next_delay()
@@ -278,7 +262,7 @@ class StackAgent:
 
     # Kubernetes ---------------------------------------------------------------------
 
-    async def _apply_object(self, stack: DesiredStack, obj: dict[str, Any]) -> None:
+    async def _apply_object(self, stack: WireStack, obj: dict[str, Any]) -> None:
         ref = ref_of(obj)
         try:
             resource = await self.kube.resource(ref.api_version, ref.kind)
@@ -293,7 +277,7 @@ class StackAgent:
     async def _delete_objects(self, doomed: frozenset[ObjectRef] | set[ObjectRef]) -> int:
         """Delete objects (reverse of apply order); returns how many existed."""
         removed = 0
-        order = sorted(doomed, key=lambda r: {"Namespace": 2, "CustomResourceDefinition": 1}.get(r.kind, 0))
+        order = sorted(doomed, key=lambda r: apply_rank(r.kind), reverse=True)
         for ref in order:
             namespace = ref.namespace or self.settings.default_namespace
             try:
@@ -305,7 +289,7 @@ class StackAgent:
                 self.metrics.objects_pruned_total.inc()
         return removed
 
-    async def _write_inventory(self, stack: DesiredStack, objects: frozenset[ObjectRef], applied: bool) -> None:
+    async def _write_inventory(self, stack: WireStack, objects: frozenset[ObjectRef], applied: bool) -> None:
         inventory = Inventory(stack.stack_id, stack.stack_name, stack.deployment_object_id, stack.checksum,
                               applied, frozenset(objects))
         await self.kube.apply(inventory.configmap(self.settings.namespace), FIELD_MANAGER)
@@ -331,7 +315,7 @@ class StackAgent:
 
     # Events ---------------------------------------------------------------------------
 
-    def _event(self, stack: DesiredStack, event_type: str, status: str, message: str) -> None:
+    def _event(self, stack: WireStack, event_type: str, status: str, message: str) -> None:
         self.outbox.append({"deploymentObjectId": stack.deployment_object_id, "eventType": event_type,
                             "status": status, "message": message[:4000]})
         del self.outbox[:-1000]  # bounded while the broker is unreachable

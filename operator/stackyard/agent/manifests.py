@@ -9,12 +9,13 @@ from typing import Any
 
 import yaml
 
+from ..protocol import apply_rank
+
 STACK_LABEL = "stackyard.dev/stack"
 DEPLOYMENT_OBJECT_ANNOTATION = "stackyard.dev/deployment-object-id"
 CHECKSUM_ANNOTATION = "stackyard.dev/checksum"
 INVENTORY_LABEL = "stackyard.dev/inventory"
 INVENTORY_PREFIX = "stackyard-inventory-"
-FIRST_KINDS = {"Namespace": 0, "CustomResourceDefinition": 1}
 
 
 class BadManifest(Exception):
@@ -61,7 +62,7 @@ def parse_objects(content: str) -> list[dict[str, Any]]:
         if not doc.get("apiVersion") or not doc.get("kind") or not isinstance(meta, dict) or not meta.get("name"):
             raise BadManifest(f"document {index} needs apiVersion, kind and metadata.name")
         objects.append(doc)
-    return sorted(objects, key=lambda o: FIRST_KINDS.get(o["kind"], 2))
+    return sorted(objects, key=lambda o: apply_rank(o["kind"]))
 
 
 def decorate(obj: Mapping[str, Any], stack_id: str, deployment_object_id: str, checksum: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .. import __version__, pak
+from ..protocol import WireStack, target_state_document
 from ..metrics import Metrics
 from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
 from . import schemas
@@ -164,24 +165,11 @@ def identity(agent: Agent, labels: list[str], annotations: dict[str, str]) -> di
 
 
 def state_document(agent: Agent, stacks: list[DesiredStack]) -> dict[str, Any]:
-    return {
-        "agentId": str(agent.id),
-        "stacks": [
-            {
-                "stackId": str(s.stack_id),
-                "stackName": s.stack_name,
-                "deleted": s.stack_deleted,
-                "deploymentObject": {
-                    "id": str(s.deployment_object_id),
-                    "sequenceId": s.sequence_id,
-                    "checksum": s.yaml_checksum,
-                    "isDeletionMarker": s.is_deletion_marker,
-                    "yaml": s.yaml_content,
-                },
-            }
-            for s in stacks
-        ],
-    }
+    return target_state_document(str(agent.id), [
+        WireStack(str(s.stack_id), s.stack_name, s.stack_deleted, str(s.deployment_object_id), s.sequence_id,
+                  s.yaml_checksum, s.is_deletion_marker, s.yaml_content)
+        for s in stacks
+    ])
 
 
 def state_etag(versions: list[tuple[uuid.UUID, uuid.UUID]]) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..protocol import TARGET_STATE
+
 MAX_EVENTS_PER_BATCH = 100
 MAX_MESSAGE_LENGTH = 4096
 # Text PostgreSQL can store has no NUL. (Nor lone UTF-16 surrogates, which the API refuses in any string too;
@@ -61,37 +63,6 @@ HEARTBEAT_RESPONSE = {
     "type": "object",
     "required": ["lastHeartbeat"],
     "properties": {"lastHeartbeat": {"type": "string"}},
-}
-
-TARGET_STATE = {
-    "type": "object",
-    "required": ["agentId", "stacks"],
-    "properties": {
-        "agentId": {"type": "string"},
-        "stacks": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["stackId", "stackName", "deleted", "deploymentObject"],
-                "properties": {
-                    "stackId": {"type": "string"},
-                    "stackName": {"type": "string"},
-                    "deleted": {"type": "boolean"},
-                    "deploymentObject": {
-                        "type": "object",
-                        "required": ["id", "sequenceId", "checksum", "isDeletionMarker", "yaml"],
-                        "properties": {
-                            "id": {"type": "string"},
-                            "sequenceId": {"type": "integer"},
-                            "checksum": {"type": "string"},
-                            "isDeletionMarker": {"type": "boolean"},
-                            "yaml": {"type": "string"},
-                        },
-                    },
-                },
-            },
-        },
-    },
 }
 
 EVENTS_RESPONSE = {

@@ -88,7 +88,7 @@ async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tu
         raise InvalidSpec("InvalidSpec", "spec.description must be a string")
     labels = validate_labels(spec.get("labels"), "spec.labels")
     annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
-    content, _checksum, count = render_stack(spec)
+    content, count = render_stack(spec)
     stack_id = _uid(body)
     try:
         emitted = await store.save_stack(

@@ -8,12 +8,10 @@ from typing import Any
 
 import yaml
 
-from ..store import sha256_hex
+from ..protocol import apply_rank
 
 MAX_RESOURCES = 500
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-# Applied first by the agent, and so listed first.
-KIND_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
 
 
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -75,7 +73,7 @@ def validate_resources(resources: Any) -> list[Mapping[str, Any]]:
 def _sort_key(resource: Mapping[str, Any]) -> tuple:
     metadata = resource["metadata"]
     return (
-        KIND_ORDER.get(resource["kind"], 2),
+        apply_rank(resource["kind"]),
         resource["apiVersion"],
         resource["kind"],
         metadata.get("namespace", ""),
@@ -91,11 +89,11 @@ def canonical_yaml(resources: list[Mapping[str, Any]]) -> str:
                          allow_unicode=True)
 
 
-def render_stack(spec: Mapping[str, Any]) -> tuple[str, str, int]:
-    """(canonical YAML, its sha256, number of resources) for a Stack spec."""
+def render_stack(spec: Mapping[str, Any]) -> tuple[str, int]:
+    """(canonical YAML, number of resources) for a Stack spec; the store computes the checksum."""
     resources = validate_resources(spec.get("resources"))
     content = canonical_yaml(resources)
-    return content, sha256_hex(content), len(resources)
+    return content, len(resources)
 
 
 def validate_labels(labels: Any, where: str) -> list[str]:

@@ -14,8 +14,7 @@ import yaml
 
 from ..durations import parse_duration
 
-COLLECTORS = ("activity", "queries", "replication", "locks", "metrics")
-DEFAULT_INTERVALS = {"activity": 2.0, "queries": 5.0, "replication": 2.0, "locks": 2.0, "metrics": 1.0}
+from .collectors import DEFAULT_INTERVALS, NAMES as COLLECTORS
 RETENTION_TABLES = ("activity", "queries", "replication", "locks", "deadlocks", "metrics", "alerts")
 DEFAULT_RETENTION = {"activity": 86400.0, "queries": 604800.0, "replication": 86400.0, "locks": 86400.0,
                      "deadlocks": 604800.0, "metrics": 86400.0, "alerts": 2592000.0}

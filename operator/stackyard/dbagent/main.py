@@ -14,7 +14,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .. import __version__
 from ..httpserver import serving
-from .config import COLLECTORS, ConfigError, DbAgentConfig, load_config
+from .collectors import NAMES as COLLECTORS
+from .config import ConfigError, DbAgentConfig, load_config
 from .monitor import Alerts, Exporter, InstanceMonitor
 from .storage import History, InvalidStatus
 

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..backoff import Backoff
-from .collectors import COLLECTOR_FUNCTIONS, Previous, Reading
+from .collectors import REGISTRY, Previous, Reading
 from .config import AlertRule, DbAgentConfig, Instance
 from .storage import History
 
@@ -207,7 +207,7 @@ class InstanceMonitor:
         async with self.lock:
             try:
                 conn = await self._connection()
-                reading = await COLLECTOR_FUNCTIONS[name](conn, self.previous, self.config.top_queries)
+                reading = await REGISTRY[name].collect(conn, self.previous, self.config.top_queries)
             except psycopg.OperationalError as exc:
                 await self._drop_connection()
                 self.exporter.errors_total.labels(self.instance.name, name).inc()

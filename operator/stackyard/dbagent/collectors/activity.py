@@ -1,0 +1,44 @@
+"""Sessions by state from pg_stat_activity, waiting sessions, the longest active query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from .base import Collector, Previous, Reading, fetch_all
+
+
+ACTIVITY_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call",
+                   "disabled")
+
+
+async def collect_activity(conn: psycopg.AsyncConnection[Any], previous: Previous, top: int) -> Reading:
+    rows = await fetch_all(
+        conn,
+        "SELECT coalesce(state, 'unknown'), wait_event_type IS NOT NULL AND wait_event_type = 'Lock',"
+        " EXTRACT(EPOCH FROM (clock_timestamp() - query_start))::float8"
+        " FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    by_state: dict[str, int] = {}
+    longest = 0.0
+    waiting = 0
+    for state, waits, seconds in rows:
+        by_state[state] = by_state.get(state, 0) + 1
+        waiting += 1 if waits else 0
+        if state == "active" and seconds:
+            longest = max(longest, float(seconds))
+    total = len(rows)
+    reading = Reading()
+    reading.rows["activity_snapshots"] = [(
+        total, by_state.get("active", 0), by_state.get("idle", 0), by_state.get("idle in transaction", 0), waiting,
+        longest,
+    )]
+    reading.values.update(active_sessions=by_state.get("active", 0), waiting_sessions=waiting,
+                          longest_query_seconds=longest, sessions=total)
+    states = {state: 0 for state in ACTIVITY_STATES} | by_state
+    reading.labelled["pg_stat_activity_count"] = [({"state": s}, float(n)) for s, n in sorted(states.items())]
+    return reading
+
+
+COLLECTOR = Collector("activity", 2.0, collect_activity)

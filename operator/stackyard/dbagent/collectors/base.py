@@ -1,0 +1,45 @@
+"""What every collector shares: the reading it returns, the counters it keeps between cycles."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+
+@dataclass
+class Reading:
+    """One collection: rows per SQLite table, and named values for metrics and alert rules."""
+
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
+    labelled: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+    note: str | None = None
+
+
+@dataclass
+class Previous:
+    """Counter readings from the last cycle, per instance."""
+
+    statements: dict[str, tuple[int, float, int]] | None = None
+    deadlocks: int | None = None
+    transactions: tuple[float, int] | None = None
+
+
+async def fetch_all(conn: psycopg.AsyncConnection[Any], query: str) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(query)
+    return await cursor.fetchall()
+
+
+CollectFn = Callable[[psycopg.AsyncConnection[Any], Previous, int], Awaitable[Reading]]
+
+
+@dataclass(frozen=True)
+class Collector:
+    """One collector: its name (config key, task and table prefix), default interval, and function."""
+
+    name: str
+    default_interval: float
+    collect: CollectFn
