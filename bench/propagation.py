@@ -24,7 +24,7 @@ import kopf
 from common import database, machine, percentile, progress
 
 from tests.api_harness import running_api  # noqa: E402
-from tests.kube import KubeServer  # noqa: E402
+from tests.emulator import KubeServer  # noqa: E402
 from tests.kubectl import KubeClient  # noqa: E402
 from tests.loop_harness import configmap, setup_loop, start_agent, target_cluster, wait_applied  # noqa: E402
 from tests.operator_harness import STACKS, Cluster, OperatorThread, operator_config  # noqa: E402

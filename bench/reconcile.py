@@ -32,7 +32,7 @@ def stack(i: int) -> dict:
 
 
 async def run(count: int) -> None:
-    from tests.kube import KubeServer
+    from tests.emulator import KubeServer
 
     kube_server = None
     if os.environ.get("KUBECONFIG"):

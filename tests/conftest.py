@@ -15,7 +15,7 @@ from stackyard.store import Store, migrate
 from stackyard.store.embedded import EmbeddedPostgres
 
 if TYPE_CHECKING:
-    from .kube import KubeServer
+    from .emulator import KubeServer
     from .operator_harness import Cluster, OperatorThread
 
 
@@ -108,7 +108,7 @@ def db(db_url: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture
 def kube_server() -> Iterator["KubeServer"]:
     """An emulated Kubernetes API server (kmock) with stackyard's CRDs, private to this test."""
-    from .kube import KubeServer
+    from .emulator import KubeServer
 
     server = KubeServer().start()
     try:
@@ -135,7 +135,6 @@ async def cluster(kube_server) -> AsyncIterator["Cluster"]:
     import kopf
 
     from .kubectl import KubeClient
-
     from .operator_harness import Cluster
 
     client = KubeClient(kopf.ConnectionInfo(server=kube_server.url, insecure=True))

@@ -12,7 +12,7 @@ from typing import Any
 import celpy
 import jsonschema
 
-from .kube import load_crds
+from .emulator import load_crds
 
 UNSUPPORTED = {"x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "default",
                "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource"}

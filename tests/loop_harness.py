@@ -23,7 +23,7 @@ from stackyard.kube import Kube, url_configuration
 from stackyard.metrics import AgentMetrics
 
 from .api_harness import RunningApi
-from .kube import KubeServer
+from .emulator import KubeServer
 from .kubectl import SECRETS, ApiResource, KubeClient
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, Cluster, condition, eventually
 

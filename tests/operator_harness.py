@@ -14,7 +14,7 @@ from stackyard.config import GROUP, VERSION, OperatorConfig
 from stackyard.controller.operator import run_operator
 from stackyard.metrics import Metrics
 
-from .kube import KubeServer, LoopThread
+from .emulator import KubeServer, LoopThread
 from .kubectl import ApiResource, KubeClient
 
 T = TypeVar("T")

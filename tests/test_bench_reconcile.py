@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from .kube import ROOT
+from .emulator import ROOT
 from .test_run_command import write_kubeconfig
 
 

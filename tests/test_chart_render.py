@@ -16,7 +16,7 @@ import yaml
 
 from stackyard.kube import KUBE_CALLS
 
-from .kube import ROOT
+from .emulator import ROOT
 from .test_packaging import CHART, kustomize
 
 HELM = Path(sys.executable).parent / "helm"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from .crd_schema import validate
-from .kube import ROOT, load_crds
+from .emulator import ROOT, load_crds
 
 
 def examples() -> list[tuple[str, dict]]:

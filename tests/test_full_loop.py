@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from .api_harness import running_api
-from .kube import ROOT, rules_of
+from .emulator import ROOT, rules_of
 from .loop_harness import (
     NAMESPACES,
     agent_entry,

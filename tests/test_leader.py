@@ -9,6 +9,8 @@ import pytest
 from stackyard.controller.leader import LeaseElector, LostLeadership
 from stackyard.kube import Kube, url_configuration
 
+from .operator_harness import eventually
+
 
 @pytest.fixture
 async def kube(kube_server):
@@ -26,7 +28,14 @@ async def test_one_leader_a_standby_and_a_takeover(kube):
 
     keeper = asyncio.create_task(first.keep())
     standby = asyncio.create_task(second.acquire())
-    await asyncio.sleep(1.5)  # longer than the lease: the holder keeps renewing, so the standby keeps waiting
+    renewals = set()
+
+    async def renewed_over_two_leases() -> bool:  # the holder renews; meanwhile the standby must keep waiting
+        assert not standby.done(), "the standby took a lease that was being renewed"
+        renewals.add((await kube.get(first.ref))["spec"]["renewTime"])
+        return len(renewals) >= 10  # 10 renewals every 0.2 s: two lease durations
+
+    await eventually(renewed_over_two_leases, timeout=10, interval=0.05)
     assert not standby.done()
     keeper.cancel()  # the holder dies without releasing
     await asyncio.wait_for(standby, timeout=10)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from stackyard.controller.handlers import as_invalid_spec
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import api_exception
 
+from stackyard.controller.handlers import as_invalid_spec
+
+from .builders import configmap, stack
 from .crd_schema import validate
 from .operator_harness import AGENTS, STACKS, condition
-from .test_operator_stack import configmap, stack
 
 LONGEST_NAME = "s" * 253  # what Kubernetes allows for an object name
 

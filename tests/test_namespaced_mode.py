@@ -17,8 +17,8 @@ import aiohttp
 
 from stackyard.store.embedded import free_port
 
+from .builders import configmap
 from .operator_harness import STACKS, condition, eventually
-from .test_operator_stack import configmap
 from .test_run_command import fetch, write_kubeconfig
 
 ALLOWED_NAMESPACES = {"team-a", "team-c"}

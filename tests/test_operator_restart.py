@@ -7,8 +7,8 @@ import uuid
 from stackyard.controller.reconcile import stack_row_name
 from stackyard.controller.render import render_stack
 
+from .builders import configmap
 from .operator_harness import STACKS, OperatorThread, condition, eventually, operator_config
-from .test_operator_stack import configmap
 
 
 async def test_restart_mid_way_resumes_without_duplicates(kube_server, db_url, cluster, store, db):

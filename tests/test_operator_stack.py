@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from .builders import configmap, stack
 from .operator_harness import STACKS, condition, eventually
-
-
-def configmap(name: str, data: dict | None = None, namespace: str | None = None) -> dict:
-    meta = {"name": name}
-    if namespace:
-        meta["namespace"] = namespace
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data or {"k": "v"}}
-
-
-def stack(name: str, resources: list, **spec) -> dict:
-    return {"metadata": {"name": name}, "spec": {"resources": resources, **spec}}
 
 
 async def test_stack_create_update_noop_and_delete(operator, cluster, store, db):

@@ -7,13 +7,9 @@ import uuid
 
 from stackyard import pak
 
+from .builders import configmap, stack, target
 from .kubectl import SECRETS
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, condition, eventually
-from .test_operator_stack import configmap, stack
-
-
-def target(name: str, stack_name: str, agent: str = "edge-1", cluster: str = "eu-1") -> dict:
-    return {"metadata": {"name": name}, "spec": {"stackRef": {"name": stack_name}, "agentName": agent, "clusterName": cluster}}
 
 
 async def test_agent_target_before_its_stack_becomes_ready_once_the_stack_exists(operator, cluster, db):

@@ -16,7 +16,7 @@ import yaml
 
 from stackyard import __version__
 
-from .kube import ROOT
+from .emulator import ROOT
 
 BIN = Path(sys.executable).parent
 KUBECTL = shutil.which("kubectl", path=str(BIN)) or shutil.which("kubectl")

@@ -8,9 +8,9 @@ import yaml
 
 from stackyard.kube import KUBE_CALLS
 
-from .kube import ROOT
+from .builders import configmap
+from .emulator import ROOT
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS
-from .test_operator_stack import configmap
 
 
 def granted(path) -> set[tuple[str, str, str]]:

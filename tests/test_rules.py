@@ -69,6 +69,8 @@ def test_deletion_marker_rows_may_change(db):
     stack = new_stack(db)
     db.execute("UPDATE stacks SET deleted_at = now() WHERE id = %s", (stack,))
     db.execute("UPDATE deployment_objects SET yaml_content = '# gone' WHERE stack_id = %s AND is_deletion_marker", (stack,))
+    assert db.execute("SELECT yaml_content FROM deployment_objects WHERE stack_id = %s AND is_deletion_marker",
+                      (stack,)).fetchone() == ("# gone",)
 
 
 def test_hard_delete_of_deployment_object_only_through_function(db):

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stackyard.store.embedded import free_port
 
+from .builders import configmap
 from .operator_harness import AGENTS, STACKS, eventually
-from .test_operator_stack import configmap
 
 
 def write_kubeconfig(path, server: str) -> None:
@@ -97,16 +97,22 @@ async def test_run_reconciles_serves_metrics_and_health_and_stops_cleanly(kube_s
     assert "Traceback" not in err
 
 
-def test_the_kube_client_accepts_kubeconfig_style_base64_certificates():
-    """kind's kubeconfig embeds base64 CA data: the client must decode it (Kopf's as_ssl_context does)."""
+def test_kubeconfig_base64_certificates_are_decoded(tmp_path):
+    """kind's kubeconfig embeds base64 CA data: the client must hand the decoded PEM to TLS."""
     import base64
     from pathlib import Path
 
-    import kopf
-
-    from .kubectl import KubeClient
+    from stackyard.kube import load_configuration
 
     pem = (Path(__file__).parent / "data" / "test-ca.pem").read_bytes()  # a throwaway self-signed test CA
-    info = kopf.ConnectionInfo(server="https://127.0.0.1:6443", ca_data=base64.b64encode(pem).decode())
-    client = KubeClient(info)
-    assert client._ssl is not False and client._ssl.verify_mode.name == "CERT_REQUIRED"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kind",
+        "clusters": [{"name": "kind", "cluster": {"server": "https://127.0.0.1:6443",
+                                                  "certificate-authority-data": base64.b64encode(pem).decode()}}],
+        "users": [{"name": "kind", "user": {"token": "t"}}],
+        "contexts": [{"name": "kind", "context": {"cluster": "kind", "user": "kind"}}],
+    }))
+    configuration = load_configuration(str(kubeconfig))
+    assert configuration.verify_ssl
+    assert Path(configuration.ssl_ca_cert).read_bytes() == pem

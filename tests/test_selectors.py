@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from .builders import configmap
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, eventually
-from .test_operator_stack import configmap
 
 DEADLINE = 3.0  # the propagation deadline
 

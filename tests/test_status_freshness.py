@@ -12,9 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from .builders import configmap, stack, target
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, OperatorThread, condition, eventually, operator_config
-from .test_operator_stack import configmap, stack
-from .test_operator_targets_agents import target
 
 PROMPT = 5.0  # seconds; the resync interval is 300
 

@@ -15,8 +15,8 @@ import pytest
 from stackyard.store import NotPermitted
 
 from .api_harness import make_stack
+from .builders import configmap
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, condition, eventually
-from .test_operator_stack import configmap
 
 # Store level ----------------------------------------------------------------------------------
 
