@@ -1,4 +1,4 @@
-"""The agent loop: heartbeat, long-poll the desired state, delete then apply, report events.
+"""The agent loop: heartbeat, long-poll the desired state, plan (planner.py), delete then apply, report events.
 
 Rules (docs/architecture.md, "Agent"): server-side apply with field manager `stackyard-agent`,
 Namespaces and CRDs first; every object labelled with its stack and annotated
@@ -22,17 +22,8 @@ from ..kube import CALL_ERRORS, Kube, Ref, describe
 from ..protocol import WireStack, apply_rank, stacks_of
 from ..metrics import AgentMetrics
 from .broker import BrokerClient, BrokerError
-from .manifests import (
-    INVENTORY_LABEL,
-    BadManifest,
-    Inventory,
-    ObjectRef,
-    decorate,
-    inventory_name,
-    parse_objects,
-    ref_of,
-    refs,
-)
+from .manifests import INVENTORY_LABEL, BadManifest, Inventory, ObjectRef, decorate, inventory_name, ref_of, refs
+from .planner import Apply, Deletion, plan
 
 log = logging.getLogger(__name__)
 
@@ -130,28 +121,18 @@ class StackAgent:
     # One cycle ------------------------------------------------------------------
 
     async def sync_once(self) -> None:
-        """Deletions first, then applies; then report the events of this cycle."""
+        """Plan (a pure function of the desired state and the inventories), then carry the plan out."""
         started = time.monotonic()
-        inventories = await self._inventories()
-        live = {s.stack_id: s for s in self.desired if not s.is_deletion_marker}
-        markers = {s.stack_id: s for s in self.desired if s.is_deletion_marker}
-        parsed: dict[str, list[dict[str, Any]] | BadManifest] = {}
-        for stack_id, stack in live.items():
-            try:
-                parsed[stack_id] = parse_objects(stack.yaml)
-            except BadManifest as exc:
-                parsed[stack_id] = exc
-        claimed: set[ObjectRef] = set()
-        for stack_id, objects in parsed.items():
-            if isinstance(objects, BadManifest):
-                claimed |= inventories[stack_id].objects if stack_id in inventories else set()
-            else:
-                claimed |= refs(objects)
-
-        await self._delete_dead_stacks(inventories, live, markers, claimed)
-        drift_due = time.monotonic() - self.last_full_apply >= self.settings.resync_interval
-        for stack_id in sorted(live, key=lambda i: live[i].stack_name):
-            await self._apply_stack(live[stack_id], parsed[stack_id], inventories.get(stack_id), claimed, drift_due)
+        drift_due = started - self.last_full_apply >= self.settings.resync_interval
+        decided = plan(self.desired, await self._inventories(), started, self.dead_since, self.backoffs,
+                       self.reported_markers, self.settings.deletion_grace, drift_due)
+        for deletion in decided.deletions:  # deletions before applies
+            await self._delete_dead_stack(deletion)
+        for marker in decided.nothing_to_remove:
+            self._event(marker, "DELETE", "SUCCESS", "nothing to remove")
+            self.reported_markers.add(marker.deployment_object_id)
+        for apply in decided.applies:
+            await self._apply_stack(apply)
         if drift_due:
             self.last_full_apply = time.monotonic()
         await self._flush_events()
@@ -168,72 +149,35 @@ class StackAgent:
                 found[inventory.stack_id] = inventory
         return found
 
-    async def _delete_dead_stacks(
-        self,
-        inventories: dict[str, Inventory],
-        live: dict[str, WireStack],
-        markers: dict[str, WireStack],
-        claimed: set[ObjectRef],
-    ) -> None:
-        """Remove what dead stacks (deleted, or no longer targeted) left, except objects a live stack claims.
-
-        A stack must stay dead for `deletion_grace` seconds first: a Stack deleted and
-        re-created under the same name is re-targeted within that time, and its
-        new version then claims the objects, so they never blink.
-        """
-        now = time.monotonic()
-        for stack_id in list(self.dead_since):
-            if stack_id in live:
-                del self.dead_since[stack_id]
-        for stack_id, inventory in inventories.items():
-            if stack_id in live:
-                continue
-            first_seen_dead = self.dead_since.setdefault(stack_id, now)
-            if now - first_seen_dead < self.settings.deletion_grace:
-                continue
-            marker = markers.get(stack_id)
-            try:
-                removed = await self._delete_objects(inventory.objects - claimed)
-                await self.kube.delete(Ref("v1", "ConfigMap", inventory_name(stack_id), self.settings.namespace))
-            except (ApplyFailed, *CALL_ERRORS) as exc:  # type: ignore[misc]  # a tuple of exception types
-                message = str(exc) if isinstance(exc, ApplyFailed) else describe(exc)
-                if marker is not None:
-                    self._event(marker, "DELETE", "FAILURE", f"removing the stack's objects failed: {message}")
-                log.warning("removing objects of stack %s failed, will retry: %s", inventory.stack_name or stack_id,
-                            message)
-                continue
-            reason = "deleted" if marker is not None else "no longer targeted to this agent"
-            log.info("stack %s is %s: removed %d objects", inventory.stack_name or stack_id, reason, removed)
-            self.dead_since.pop(stack_id, None)
+    async def _delete_dead_stack(self, deletion: Deletion) -> None:
+        """Remove what a dead stack left (the planner already spared what live stacks claim)."""
+        inventory, marker = deletion.inventory, deletion.marker
+        try:
+            removed = await self._delete_objects(deletion.objects)
+            await self.kube.delete(Ref("v1", "ConfigMap", inventory_name(deletion.stack_id), self.settings.namespace))
+        except (ApplyFailed, *CALL_ERRORS) as exc:  # type: ignore[misc]  # a tuple of exception types
+            message = str(exc) if isinstance(exc, ApplyFailed) else describe(exc)
             if marker is not None:
-                self._event(marker, "DELETE", "SUCCESS", f"removed {removed} objects")
-                self.reported_markers.add(marker.deployment_object_id)
-        for stack_id, marker in markers.items():
-            if stack_id not in inventories and marker.deployment_object_id not in self.reported_markers:
-                self._event(marker, "DELETE", "SUCCESS", "nothing to remove")
-                self.reported_markers.add(marker.deployment_object_id)
+                self._event(marker, "DELETE", "FAILURE", f"removing the stack's objects failed: {message}")
+            log.warning("removing objects of stack %s failed, will retry: %s", inventory.stack_name or deletion.stack_id,
+                        message)
+            return
+        reason = "deleted" if marker is not None else "no longer targeted to this agent"
+        log.info("stack %s is %s: removed %d objects", inventory.stack_name or deletion.stack_id, reason, removed)
+        self.dead_since.pop(deletion.stack_id, None)
+        if marker is not None:
+            self._event(marker, "DELETE", "SUCCESS", f"removed {removed} objects")
+            self.reported_markers.add(marker.deployment_object_id)
 
-    async def _apply_stack(
-        self,
-        stack: WireStack,
-        objects: list[dict[str, Any]] | BadManifest,
-        inventory: Inventory | None,
-        claimed: set[ObjectRef],
-        drift_due: bool,
-    ) -> None:
-        done = inventory is not None and inventory.deployment_object_id == stack.deployment_object_id and inventory.applied
-        backoff = self.backoffs.get(stack.deployment_object_id)
-        if done and not drift_due:
-            return
-        if backoff is not None and backoff.waiting():
-            return
+    async def _apply_stack(self, apply: Apply) -> None:
+        stack, objects, inventory = apply.stack, apply.objects, apply.inventory
         try:
             if isinstance(objects, BadManifest):
                 raise objects
             new_refs = refs(objects)
             old_refs = inventory.objects if inventory else frozenset()
             await self._write_inventory(stack, old_refs | new_refs, applied=False)
-            pruned = await self._delete_objects(old_refs - new_refs - claimed)
+            pruned = await self._delete_objects(apply.prune)
             for obj in objects:
                 await self._apply_object(stack, obj)
                 if obj["kind"] == "CustomResourceDefinition":
