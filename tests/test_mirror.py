@@ -47,7 +47,9 @@ async def test_heartbeats_do_not_patch_status_each_time_but_phase_and_events_do(
     await eventually(applied, timeout=3, interval=0.05)  # the deadline: about a second, with slack for CI
     await eventually(lambda: _has_last_event(cluster), timeout=3)
     patches_after = sample(operator.metrics, "stackyard_status_patches_total", {"kind": "Agent"})
-    assert patches_after - patches_before <= 2, "20 heartbeats: at most one throttled patch, plus the lastEvent one"
+    # 20 heartbeats: at most one throttled patch; plus the lastEvent patch, which the mirror and the phase
+    # timer (1 s here) may both write
+    assert patches_after - patches_before <= 3, "heartbeats do not patch the status each time"
     assert sample(operator.metrics, "stackyard_status_mirror_lag_seconds_count", {}) >= 1
 
 

@@ -1,7 +1,8 @@
-"""Kopf wiring: thin handlers that call `reconcile` and turn its outcome into status and retries.
+"""Kopf wiring: thin module-level handlers that call `reconcile` and turn its outcome into status and retries.
 
-`build_registry` returns a fresh registry per operator, with its handlers
-closed over one `Context`, so no state is global and tests can run several.
+Handlers share one `Context` per operator through Kopf's memo (`memo.ctx`), so
+no state is global and tests can run several operators; `build_registry`
+registers the handlers on a fresh registry with the configured intervals.
 """
 
 from __future__ import annotations
@@ -185,159 +186,199 @@ def tolerant(timer: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
     return wrapper
 
 
-def build_registry(config: OperatorConfig, metrics: Metrics) -> kopf.OperatorRegistry:
-    """A Kopf registry with stackyard's handlers for one operator instance."""
-    registry = kopf.OperatorRegistry()
-    ctx = Context(config=config, metrics=metrics)
+# Handlers ---------------------------------------------------------------------------------------
+# Each is a module-level function over the per-operator `Context` that Kopf hands every handler as
+# `memo.ctx` (Kopf gives each object a shallow copy of the operator's memo, so all share one Context).
+# `build_registry` at the end registers them; the resync intervals come from the config.
 
-    register_indexes(registry)
 
-    @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **kwargs: Any) -> None:
-        configure_settings(settings, config)
-        ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size, timeout=config.pool_timeout)
-        ctx.kube = Kube(kube_configuration(config.kube_connection), user_agent="stackyard-operator")
-        mirror = Mirror(
-            store=ctx.store,
-            database_url=config.database_url,
-            kube=ctx.require_kube,
-            metrics=metrics,
-            config=config,
-            stacks_by_uid=kwargs["stacks_by_uid"],
-            targets_by_stack=kwargs["targets_by_stack"],
-            targets_by_agent=kwargs["targets_by_agent"],
-            agents_by_uid=kwargs["agents_by_uid"],
-            selector_targets=kwargs["selector_targets"],
-        )
-        ctx.mirror = mirror
-        ctx.mirror_task = asyncio.create_task(mirror.run(), name="status-mirror")
-        logger.info("store opened; status mirror started")
-
-    @kopf.on.cleanup(registry=registry)
-    async def cleanup(**_: Any) -> None:
-        if ctx.mirror_task is not None:
-            ctx.mirror_task.cancel()
-        if ctx.kube is not None:
-            await ctx.kube.close()
-        if ctx.store is not None:
-            await ctx.store.close()
-
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        """Kopf's watches log in through the official client too (service account or kubeconfig, exec plugins)."""
-        return config.kube_connection or kopf.login_via_client(**kwargs)
-
-    @kopf.on.probe(id="store", registry=registry)
-    def probe_store(**_: Any) -> dict[str, int]:
-        stats = ctx.store.pool.get_stats() if ctx.store else {}
-        metrics.observe_pool(stats)
-        return {"pool_size": stats.get("pool_size", 0)}
-
-    # Stack -------------------------------------------------------------------------
-
-    @kopf.on.resume(GROUP, VERSION, "stacks", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "stacks", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "stacks", registry=registry)
-    async def stack_changed(
-        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any
-    ) -> None:
-        async def work() -> Result:
-            store = ctx.require_store()
-            result, created = await reconcile_stack(store, body, now_rfc3339())
-            if created:
-                metrics.deployment_objects_emitted_total.inc()
-            if ctx.mirror is not None:
-                # AgentTargets naming this Stack may be waiting for it (or for its new uid): the mirror binds them.
-                # Kopf indexes an object before handling it, and this note follows the commit, so none is missed.
-                ctx.mirror.note_targets_of(body["metadata"]["namespace"], body["metadata"]["name"])
-            return result
-
-        await run_reconcile(ctx, "Stack", body, patch, logger, retry, work)
-
-    @kopf.on.delete(GROUP, VERSION, "stacks", registry=registry)
-    async def stack_deleted(body: kopf.Body, logger: kopf.Logger, retry: int, **_: Any) -> None:
-        await run_delete(ctx, "Stack", logger, retry, lambda: delete_stack(ctx.require_store(), body))
-        if ctx.mirror is not None:
-            ctx.mirror.note_targets_of(body["metadata"]["namespace"], body["metadata"]["name"])
-
-    @kopf.timer(GROUP, VERSION, "stacks", interval=config.resync_interval, idle=config.resync_interval, registry=registry)
-    @tolerant
-    async def stack_resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        previous = body.get("status") or {}
-        if not previous.get("stackId"):
-            return
-        status = await stack_status_patch(ctx.require_store(), uuid.UUID(previous["stackId"]), previous)
-        if status is not None:
-            patch.status.update(status)
-            await report_failures(ctx.require_kube(), body, previous.get("agents"), status["agents"])
-            metrics.status_patches_total.labels("Stack").inc()
-
-    # AgentTarget ------------------------------------------------------------------------
-
-    @kopf.on.resume(GROUP, VERSION, "agenttargets", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "agenttargets", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "agenttargets", registry=registry)
-    async def agent_target_changed(
-        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any
-    ) -> None:
-        async def work() -> Result:
-            result = await reconcile_agent_target(ctx.require_store(), body)
-            note_stacks(body, result.status.get("stackId"))
-            return result
-
-        await run_reconcile(ctx, "AgentTarget", body, patch, logger, retry, work)
-
-    @kopf.on.delete(GROUP, VERSION, "agenttargets", registry=registry)
-    async def agent_target_deleted(body: kopf.Body, logger: kopf.Logger, retry: int, **_: Any) -> None:
-        await run_delete(ctx, "AgentTarget", logger, retry, lambda: delete_agent_target(ctx.require_store(), body))
-        note_stacks(body)
-
-    def note_stacks(body: kopf.Body, *stack_ids: str | None) -> None:
-        """The Stacks an AgentTarget pointed at and points at now show the change in their status promptly."""
-        if ctx.mirror is not None:
-            for stack_id in {(body.get("status") or {}).get("stackId"), *stack_ids}:
-                if stack_id:
-                    ctx.mirror.note_stack(uuid.UUID(stack_id))
-
-    @kopf.timer(
-        GROUP, VERSION, "agenttargets", interval=config.resync_interval, idle=config.resync_interval, registry=registry
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """Kopf settings, the store, the Kubernetes client and the status mirror."""
+    ctx: Context = memo.ctx
+    config = ctx.config
+    configure_settings(settings, config)
+    ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size, timeout=config.pool_timeout)
+    ctx.kube = Kube(kube_configuration(config.kube_connection), user_agent="stackyard-operator")
+    ctx.mirror = Mirror(
+        store=ctx.store,
+        database_url=config.database_url,
+        kube=ctx.require_kube,
+        metrics=ctx.metrics,
+        config=config,
+        stacks_by_uid=kwargs["stacks_by_uid"],
+        targets_by_stack=kwargs["targets_by_stack"],
+        targets_by_agent=kwargs["targets_by_agent"],
+        agents_by_uid=kwargs["agents_by_uid"],
+        selector_targets=kwargs["selector_targets"],
     )
-    @tolerant
-    async def agent_target_resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        status = await agent_target_status_patch(ctx.require_store(), body, body.get("status") or {})
-        if status is not None:
-            patch.status.update(status)
-            metrics.status_patches_total.labels("AgentTarget").inc()
+    ctx.mirror_task = asyncio.create_task(ctx.mirror.run(), name="status-mirror")
+    logger.info("store opened; status mirror started")
 
-    # Agent ----------------------------------------------------------------------------------
 
-    @kopf.on.resume(GROUP, VERSION, "agents", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "agents", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "agents", registry=registry)
-    async def agent_changed(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any) -> None:
-        async def work() -> Result:
-            result = await reconcile_agent(ctx.require_store(), ctx.require_kube(), config, body)
-            if ctx.mirror is not None:  # AgentTargets naming this agent: newly permitted, or no longer
-                ctx.mirror.note_agent(uuid.UUID(body["metadata"]["uid"]))
-            return result
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    ctx: Context = memo.ctx
+    if ctx.mirror_task is not None:
+        ctx.mirror_task.cancel()
+    if ctx.kube is not None:
+        await ctx.kube.close()
+    if ctx.store is not None:
+        await ctx.store.close()
 
-        await run_reconcile(ctx, "Agent", body, patch, logger, retry, work)
 
-    @kopf.on.delete(GROUP, VERSION, "agents", registry=registry)
-    async def agent_deleted(body: kopf.Body, logger: kopf.Logger, retry: int, **_: Any) -> None:
-        await run_delete(ctx, "Agent", logger, retry, lambda: delete_agent(ctx.require_store(), body))
-        if ctx.mirror is not None:  # selector AgentTargets drop it
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Kopf's watches log in through the official client too (service account or kubeconfig, exec plugins)."""
+    connection: kopf.ConnectionInfo | None = memo.ctx.config.kube_connection
+    return connection or kopf.login_via_client(memo=memo, **kwargs)
+
+
+def probe_store(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+    ctx: Context = memo.ctx
+    stats = ctx.store.pool.get_stats() if ctx.store else {}
+    ctx.metrics.observe_pool(stats)
+    return {"pool_size": stats.get("pool_size", 0)}
+
+
+# Stack -----------------------------------------------------------------------------------------
+
+
+async def stack_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, retry: int,
+                        **_: Any) -> None:
+    """Store the Stack and its deployment object; AgentTargets waiting for it are bound by the mirror."""
+    ctx: Context = memo.ctx
+
+    async def work() -> Result:
+        result, created = await reconcile_stack(ctx.require_store(), body, now_rfc3339())
+        if created:
+            ctx.metrics.deployment_objects_emitted_total.inc()
+        if ctx.mirror is not None:
+            # AgentTargets naming this Stack may be waiting for it (or for its new uid): the mirror binds them.
+            # Kopf indexes an object before handling it, and this note follows the commit, so none is missed.
+            ctx.mirror.note_targets_of(body["metadata"]["namespace"], body["metadata"]["name"])
+        return result
+
+    await run_reconcile(ctx, "Stack", body, patch, logger, retry, work)
+
+
+async def stack_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any) -> None:
+    """Soft-delete: the database emits the deletion marker."""
+    ctx: Context = memo.ctx
+    await run_delete(ctx, "Stack", logger, retry, lambda: delete_stack(ctx.require_store(), body))
+    if ctx.mirror is not None:
+        ctx.mirror.note_targets_of(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@tolerant
+async def stack_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Safety net behind the mirror: targets and agents as the store has them."""
+    ctx: Context = memo.ctx
+    previous = body.get("status") or {}
+    if not previous.get("stackId"):
+        return
+    status = await stack_status_patch(ctx.require_store(), uuid.UUID(previous["stackId"]), previous)
+    if status is not None:
+        patch.status.update(status)
+        await report_failures(ctx.require_kube(), body, previous.get("agents"), status["agents"])
+        ctx.metrics.status_patches_total.labels("Stack").inc()
+
+
+# AgentTarget ------------------------------------------------------------------------------------
+
+
+async def agent_target_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+                               retry: int, **_: Any) -> None:
+    """Bind what the AgentTarget selects; its Stacks (old and new) count it at once."""
+    ctx: Context = memo.ctx
+
+    async def work() -> Result:
+        result = await reconcile_agent_target(ctx.require_store(), body)
+        note_stacks(ctx, body, result.status.get("stackId"))
+        return result
+
+    await run_reconcile(ctx, "AgentTarget", body, patch, logger, retry, work)
+
+
+async def agent_target_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
+                               **_: Any) -> None:
+    ctx: Context = memo.ctx
+    await run_delete(ctx, "AgentTarget", logger, retry, lambda: delete_agent_target(ctx.require_store(), body))
+    note_stacks(ctx, body)
+
+
+def note_stacks(ctx: Context, body: kopf.Body, *stack_ids: str | None) -> None:
+    """The Stacks an AgentTarget pointed at and points at now show the change in their status promptly."""
+    if ctx.mirror is not None:
+        for stack_id in {(body.get("status") or {}).get("stackId"), *stack_ids}:
+            if stack_id:
+                ctx.mirror.note_stack(uuid.UUID(stack_id))
+
+
+@tolerant
+async def agent_target_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    ctx: Context = memo.ctx
+    status = await agent_target_status_patch(ctx.require_store(), body, body.get("status") or {})
+    if status is not None:
+        patch.status.update(status)
+        ctx.metrics.status_patches_total.labels("AgentTarget").inc()
+
+
+# Agent ----------------------------------------------------------------------------------------------
+
+
+async def agent_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, retry: int,
+                        **_: Any) -> None:
+    """Register the agent, its grants and labels, and issue its key; AgentTargets naming it are revisited."""
+    ctx: Context = memo.ctx
+
+    async def work() -> Result:
+        result = await reconcile_agent(ctx.require_store(), ctx.require_kube(), ctx.config, body)
+        if ctx.mirror is not None:  # AgentTargets naming or selecting this agent: newly permitted, or no longer
             ctx.mirror.note_agent(uuid.UUID(body["metadata"]["uid"]))
+        return result
 
-    @kopf.timer(GROUP, VERSION, "agents", interval=config.heartbeat_interval, registry=registry)
-    @tolerant
-    async def agent_phase_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        previous = body.get("status") or {}
-        if not previous.get("agentId"):
-            return
-        status = await agent_status_patch(ctx.require_store(), uuid.UUID(previous["agentId"]), previous, config)
-        if status is not None:
-            patch.status.update(status)
-            metrics.status_patches_total.labels("Agent").inc()
+    await run_reconcile(ctx, "Agent", body, patch, logger, retry, work)
 
+
+async def agent_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any) -> None:
+    ctx: Context = memo.ctx
+    await run_delete(ctx, "Agent", logger, retry, lambda: delete_agent(ctx.require_store(), body))
+    if ctx.mirror is not None:  # selector AgentTargets drop it
+        ctx.mirror.note_agent(uuid.UUID(body["metadata"]["uid"]))
+
+
+@tolerant
+async def agent_phase_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Phase (Pending, Active, Stale) as time passes without heartbeats."""
+    ctx: Context = memo.ctx
+    previous = body.get("status") or {}
+    if not previous.get("agentId"):
+        return
+    status = await agent_status_patch(ctx.require_store(), uuid.UUID(previous["agentId"]), previous, ctx.config)
+    if status is not None:
+        patch.status.update(status)
+        ctx.metrics.status_patches_total.labels("Agent").inc()
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A fresh Kopf registry with the handlers above (timers at the configured intervals).
+
+    Run it with `memo=kopf.Memo(ctx=Context(config, metrics))`: see `controller/operator.py`.
+    """
+    registry = kopf.OperatorRegistry()
+    register_indexes(registry)
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)
+    kopf.on.login(registry=registry)(login)
+    kopf.on.probe(id="store", registry=registry)(probe_store)
+    for plural, changed, deleted, timer in (
+        ("stacks", stack_changed, stack_deleted, stack_resync),
+        ("agenttargets", agent_target_changed, agent_target_deleted, agent_target_resync),
+        ("agents", agent_changed, agent_deleted, None),
+    ):
+        for register in (kopf.on.resume, kopf.on.create, kopf.on.update):
+            register(GROUP, VERSION, plural, registry=registry)(changed)
+        kopf.on.delete(GROUP, VERSION, plural, registry=registry)(deleted)
+        if timer is not None:
+            kopf.timer(GROUP, VERSION, plural, interval=config.resync_interval, idle=config.resync_interval,
+                       registry=registry)(timer)
+    kopf.timer(GROUP, VERSION, "agents", interval=config.heartbeat_interval, registry=registry)(agent_phase_timer)
     return registry

@@ -8,7 +8,7 @@ import kopf
 
 from ..config import OperatorConfig
 from ..metrics import Metrics
-from .handlers import build_registry
+from .handlers import Context, build_registry
 
 
 async def run_operator(
@@ -21,12 +21,12 @@ async def run_operator(
 ) -> None:
     """Run the operator until `stop_flag` is set (or the task is cancelled)."""
     await kopf.operator(
-        registry=build_registry(config, metrics),
+        registry=build_registry(config),
         clusterwide=config.all_namespaces,
         namespaces=config.namespaces,
         standalone=True,
         liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
-        memo=kopf.Memo(),
+        memo=kopf.Memo(ctx=Context(config=config, metrics=metrics)),
     )
