@@ -146,3 +146,21 @@ async def test_an_agent_cannot_be_renamed_by_setting_agent_name_later(operator, 
     stalled = await cluster.wait_condition(AGENTS, "edge-1", "Stalled", "True", reason="AgentNameImmutable")
     assert condition(stalled, "Ready")["status"] == "False"
     assert db.execute("SELECT name FROM agents").fetchall() == [("edge-1",)]
+
+
+async def test_a_deleted_agent_target_is_not_bound_again_by_the_status_path(store, db):
+    """Deleting an AgentTarget removes its rows while the object (with its deletionTimestamp) is still indexed;
+    the status path then sees its Stack without rows for it, and must not bind it again."""
+    from stackyard.controller.observe import agent_target_status_patch
+
+    from .api_harness import make_stack
+
+    await make_stack(store, "default/web")
+    body = {"metadata": {"uid": str(uuid.uuid4()), "namespace": "default", "name": "t", "generation": 1,
+                         "deletionTimestamp": "2026-11-23T12:00:00Z"},
+            "spec": {"stackRef": {"name": "web"}, "agentName": "edge-1", "clusterName": "eu-1"}}
+    assert await agent_target_status_patch(store, body, {}) is None
+    assert db.execute("SELECT count(*) FROM agent_targets").fetchone()[0] == 0
+    del body["metadata"]["deletionTimestamp"]  # the same object alive: the status path binds it
+    assert await agent_target_status_patch(store, body, {}) is not None
+    assert db.execute("SELECT count(*) FROM agent_targets").fetchone()[0] == 1

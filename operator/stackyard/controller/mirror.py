@@ -200,7 +200,8 @@ def register_indexes(registry: kopf.OperatorRegistry) -> None:
             "ref": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
                     "metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"]}},
             "body": {"metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"],
-                                  "generation": meta.get("generation")},
+                                  "generation": meta.get("generation"),
+                                  "deletionTimestamp": meta.get("deletionTimestamp")},
                      "spec": dict(body.get("spec") or {})},
         }
 

@@ -64,6 +64,8 @@ async def agent_target_status_patch(
     Writes only to bind an AgentTarget to a Stack that appeared after its reconcile; never in the steady state.
     """
     generation = (body.get("metadata") or {}).get("generation")
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return None  # being deleted: its handler removes its rows, and nothing may bind them again
     if is_stalled(previous, generation):
         return None
     try:
