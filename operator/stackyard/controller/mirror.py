@@ -62,6 +62,9 @@ class Mirror:
     agents_by_uid: Any
     selector_targets: Any
     dirty_agents: dict[uuid.UUID, float] = field(default_factory=dict)
+    # When an Agent's registration (labels, grants, existence) changed: selections may change. Heartbeats and
+    # events never set it, so they do not re-evaluate every selector AgentTarget.
+    selections_dirty_at: float | None = None
     dirty_stacks: dict[uuid.UUID, float] = field(default_factory=dict)
     dirty_target_refs: dict[tuple[str, str], float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -114,6 +117,9 @@ class Mirror:
         agents, self.dirty_agents = self.dirty_agents, {}
         stacks, self.dirty_stacks = self.dirty_stacks, {}
         target_refs, self.dirty_target_refs = self.dirty_target_refs, {}
+        selections_at, self.selections_dirty_at = self.selections_dirty_at, None
+        if selections_at is not None:  # selector AgentTargets may gain or lose agents
+            await self._mirror_targets(self.selector_targets, SELECTORS, selections_at)
         for stack_id, at in stacks.items():
             await self._mirror_stack(stack_id, at)
         for key, at in target_refs.items():
@@ -123,7 +129,9 @@ class Mirror:
 
     def note_agent(self, agent_id: uuid.UUID) -> None:
         """Recompute an Agent's status and its AgentTargets' soon: its registration or grants changed."""
-        self.dirty_agents.setdefault(agent_id, time.time())
+        now = time.time()
+        self.dirty_agents.setdefault(agent_id, now)
+        self.selections_dirty_at = self.selections_dirty_at or now
         self.wake.set()
 
     def note_stack(self, stack_id: uuid.UUID) -> None:
@@ -167,8 +175,6 @@ class Mirror:
                 await self._patch_status("AgentTarget", meta["namespace"], meta["name"], status, at)
 
     async def _mirror_agent(self, agent_id: uuid.UUID, at: float) -> None:
-        # Selector AgentTargets may gain or lose this agent (created, relabelled, granted, deleted).
-        await self._mirror_targets(self.selector_targets, SELECTORS, at)
         agent = await self.store.get_agent(agent_id)
         if agent is None:
             return
