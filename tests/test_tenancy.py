@@ -7,6 +7,7 @@ it with raw SQL as well as through the operator.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import psycopg
@@ -73,6 +74,38 @@ async def test_an_agent_moved_to_another_namespace_keeps_only_what_it_permits(st
     assert await _targets(store) == ["ten-a/web"]
     await store.soft_delete_agent(old_id)  # the Agent is deleted in ten-a and created in ten-b
     await _agent(store, "ten-b")
+    assert await _targets(store) == []
+
+
+async def _blocked_or_done(db, task: asyncio.Task) -> bool:
+    """True once `task` finished, or waits on another transaction's advisory lock."""
+    waiting = db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+    return task.done() or waiting > 0
+
+
+async def test_a_target_written_while_its_agent_registers_is_still_checked(store, db, db_url):
+    """Found by CI: under READ COMMITTED the two triggers could each miss the other's uncommitted row."""
+    foreign = await _stack(store, "ten-a")
+    async with await psycopg.AsyncConnection.connect(db_url) as tenant:
+        await tenant.execute("INSERT INTO agent_targets (stack_id, agent_name, cluster_name, namespace)"
+                             " VALUES (%s, 'edge', 'eu-1', 'ten-a')", (foreign,))  # no agent yet: permitted
+        registering = asyncio.create_task(_agent(store, "ten-b"))
+        await eventually(lambda: _blocked_or_done(db, registering))
+        await tenant.commit()
+    await registering
+    assert await _targets(store) == [], "the registration saw the committed row and removed it"
+
+
+async def test_a_target_written_while_its_agent_is_uncommitted_is_refused(store, db, db_url):
+    foreign = await _stack(store, "ten-a")
+    async with await psycopg.AsyncConnection.connect(db_url) as owner:
+        await owner.execute("INSERT INTO agents (id, name, cluster_name, namespace) VALUES (%s, 'edge', 'eu-1', 'ten-b')",
+                            (uuid.uuid4(),))
+        binding = asyncio.create_task(store.set_agent_targets(uuid.uuid4(), foreign, [("edge", "eu-1")], "ten-a"))
+        await eventually(lambda: _blocked_or_done(db, binding))
+        await owner.commit()
+    with pytest.raises(NotPermitted):
+        await binding
     assert await _targets(store) == []
 
 
