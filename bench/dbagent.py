@@ -27,7 +27,8 @@ from common import database, free_port, machine, progress
 
 from stackyard.dbagent.collectors import DEFAULT_INTERVALS  # noqa: E402
 from stackyard.dbagent.config import parse_config  # noqa: E402
-from stackyard.dbagent.monitor import Alerts, Exporter, InstanceMonitor  # noqa: E402
+from stackyard.dbagent.alerts import Alerts  # noqa: E402
+from stackyard.dbagent.monitor import Exporter, InstanceMonitor  # noqa: E402
 from stackyard.dbagent.storage import History  # noqa: E402
 
 SECONDS_PER_DAY = 86400

@@ -46,13 +46,27 @@ alerts:
     ({"instances": [{"name": "", "connection": "host=x"}]}, "instances[0].name"),
     ({"instances": [{"name": "a", "connection": "host=x port"}]}, "instances[0].connection"),
     ({"instances": [{"name": "a", "connection": "host=x"}, {"name": "a", "connection": "host=y"}]}, "instances[1].name"),
-    ({"alerts": {"rules": [{"name": "r", "metric": "m", "op": "~", "threshold": 1}]}}, "alerts.rules[0].op"),
-    ({"alerts": {"rules": [{"name": "r", "metric": "m", "op": ">", "threshold": "high"}]}}, "alerts.rules[0].threshold"),
+    ({"alerts": {"rules": [{"name": "r", "metric": "connections", "op": "~", "threshold": 1}]}}, "alerts.rules[0].op"),
+    ({"alerts": {"rules": [{"name": "r", "metric": "connections", "op": ">", "threshold": "high"}]}}, "alerts.rules[0].threshold"),
     ({"alerts": {"rules": [{"name": "r", "op": ">", "threshold": 1}]}}, "alerts.rules[0].metric"),
     ({"alerts": {"webhook_url": "ftp://x"}}, "alerts.webhook_url"),
     ({"listen": "nowhere"}, "listen"),
     ({"enabled": "yes"}, "enabled"),
     ({"surprise": 1}, "surprise"),
+    ({"alerts": {"webhok_url": "http://x"}}, "alerts.webhok_url"),
+    ({"alerts": {"rules": [{"name": "r", "metric": "connections", "op": ">", "threshold": 1, "severity": "page"}]}},
+     "alerts.rules[0].severity"),
+    ({"alerts": {"rules": [{"name": "r", "metric": "conections", "op": ">", "threshold": 1}]}},
+     "alerts.rules[0].metric"),
+    ({"alerts": {"enabled": "true"}}, "alerts.enabled"),
+    ({"alerts": {"max_age": "forever"}}, "alerts.max_age"),
+    ({"instances": [{"name": "a", "connection": "host=x", "port": 5432}]}, "instances[0].port"),
+    ({"instances": [{"name": "a", "connection": "postgresql://db:99999/app"}]}, "instances[0].connection"),
+    ({"instances": [{"name": "a", "connection": "host=db port=five"}]}, "instances[0].connection"),
+    ({"listen": "0.0.0.0:70000"}, "listen"),
+    ({"statement_timeout": "2ms"}, "statement_timeout"),
+    ({"connect_timeout": 0}, "connect_timeout"),
+    ({"intervals": {"metrics": True}}, "intervals.metrics"),
 ])
 def test_errors_name_the_key(data, key):
     with pytest.raises(ConfigError) as err:
@@ -63,3 +77,30 @@ def test_errors_name_the_key(data, key):
 def test_password_is_stripped_from_urls_and_keyword_strings():
     assert "hunter2" not in strip_password("postgresql://u:hunter2@h:5432/d")
     assert "hunter2" not in strip_password("host=h user=u password=hunter2 dbname=d")
+
+
+def test_unknown_keys_are_named_however_deep(tmp_path):
+    path = tmp_path / "dbagent.yaml"
+    path.write_text("alerts:\n  rules:\n    - {name: r, metric: connections, op: '>', threshold: 1, labels: {team: db},"
+                    " for: 1m, sevrity: page}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "alerts.rules[0].sevrity" and "unknown key" in str(err.value)
+
+
+async def test_a_reload_refuses_a_bad_file_and_keeps_listen_which_needs_a_restart(tmp_path, caplog):
+    from stackyard.dbagent.main import DbAgent
+    from stackyard.dbagent.storage import History
+
+    path = tmp_path / "dbagent.yaml"
+    path.write_text("listen: 127.0.0.1:9100\nintervals: {metrics: 1s}\n")
+    agent = DbAgent(load_config(path), str(path), None, History(tmp_path / "h.sqlite"))
+    agent.start()
+    path.write_text("listen: 127.0.0.1:9100\nintervals: {metrics: 1s}\nalerts: {webhok_url: http://x}\n")
+    agent.reload()
+    assert "alerts.webhok_url" in caplog.text and agent.config.intervals["metrics"] == 1
+    path.write_text("listen: 127.0.0.1:9200\nintervals: {metrics: 3s}\n")
+    agent.reload()
+    assert agent.config.intervals["metrics"] == 3, "the rest of the file applies"
+    assert agent.config.listen == "127.0.0.1:9100" and "needs a restart" in caplog.text
+    await agent.stop()

@@ -65,7 +65,7 @@ async def test_dbagent_process_metrics_reload_shutdown_and_status(servers, tmp_p
             if not text:
                 return None
             families = list(text_string_to_metric_families(text))
-            ups = {s.labels["instance"]: s.value for f in families if f.name == "pg_up" for s in f.samples}
+            ups = {s.labels["server"]: s.value for f in families if f.name == "pg_up" for s in f.samples}
             names = {f.name for f in families}
             return text if ups == {"primary": 1.0, "plain": 1.0} and expected <= names else None
 

@@ -6,21 +6,24 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client import generate_latest
 
 from .. import __version__
 from ..httpserver import serving
+from .alerts import Alerts
 from .collectors import NAMES as COLLECTORS
 from .config import ConfigError, DbAgentConfig, load_config
-from .monitor import Alerts, Exporter, InstanceMonitor
+from .monitor import Exporter, InstanceMonitor
 from .storage import History, InvalidStatus
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 60.0
+FLUSH_EVERY = 5.0  # seconds of history buffered in memory: one SQLite transaction per flush
 
 
 @dataclass
@@ -35,10 +38,17 @@ class DbAgent:
     alerts: Alerts = field(init=False)
 
     def start(self) -> None:
+        self.history.on_error = self.exporter.storage_errors_total.inc
         self.history.start(__version__, self.config.source_hash)
-        self.alerts = Alerts(self.history, self.exporter, self.config.rules, self.config.webhook_url,
-                             self.config.alerts_enabled)
+        self.alerts = Alerts(self.history, self.exporter)
+        self._configure_alerts()
         self._sync_instances()
+
+    def _configure_alerts(self) -> None:
+        config, alerts = self.config, self.alerts
+        alerts.rules, alerts.webhook_url, alerts.enabled = config.rules, config.webhook_url, config.alerts_enabled
+        alerts.timeout, alerts.max_age, alerts.max_backoff = (config.webhook_timeout, config.alert_max_age,
+                                                              config.alert_max_backoff)
 
     def _sync_instances(self) -> None:
         wanted = {i.name: i for i in self.config.instances}
@@ -68,12 +78,27 @@ class DbAgent:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
+        if new.listen != self.config.listen:
+            log.warning("listen changed from %s to %s: that needs a restart; still listening on %s",
+                        self.config.listen, new.listen, self.config.listen)
+            new = replace(new, listen=self.config.listen)
         self.config = new
-        assert self.alerts is not None
-        self.alerts.rules, self.alerts.webhook_url, self.alerts.enabled = new.rules, new.webhook_url, new.alerts_enabled
+        self._configure_alerts()
         self._sync_instances()
         self.history.collected(config_hash=new.source_hash)
         log.info("configuration reloaded: %d instances, %d alert rules", len(new.instances), len(new.rules))
+
+    async def flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self.history.flush()
+
+    def health(self) -> dict[str, object]:
+        """What `/healthz` answers: each instance's status, and the history's storage."""
+        storage = {"path": str(self.history.path), "ok": self.history.failure is None,
+                   "error": self.history.failure, "dropped_rows": self.history.dropped_rows}
+        return {"status": "ok" if self.history.failure is None else "degraded",
+                "instances": {n: m.status for n, m in self.monitors.items()}, "storage": storage}
 
     async def retention_forever(self) -> None:
         while True:
@@ -92,10 +117,14 @@ class DbAgent:
 
 def app(agent: DbAgent) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "instances": {n: m.status for n, m in agent.monitors.items()}})
+        return web.json_response(agent.health())
+
+    async def metrics(_: web.Request) -> web.Response:
+        text = generate_latest(agent.exporter.registry).decode() + agent.exporter.postgres_text()
+        return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     application = web.Application()
-    application.router.add_get("/metrics", make_aiohttp_handler(agent.exporter.registry))
+    application.router.add_get("/metrics", metrics)
     application.router.add_get("/healthz", healthz)
     return application
 
@@ -117,7 +146,8 @@ async def run_dbagent(config_path: str | None, default_connection: str | None) -
     if config.enabled:
         agent.start()
         assert agent.alerts is not None
-        background = [asyncio.create_task(agent.retention_forever()), asyncio.create_task(agent.alerts.deliver_forever())]
+        background = [asyncio.create_task(agent.retention_forever()), asyncio.create_task(agent.alerts.deliver_forever()),
+                      asyncio.create_task(agent.flush_forever())]
     try:
         async with serving(app(agent), config.listen):
             await stop.wait()
@@ -129,9 +159,29 @@ async def run_dbagent(config_path: str | None, default_connection: str | None) -
         log.info("dbagent stopped cleanly")
 
 
+def running_health(listen: str) -> dict[str, object] | None:
+    """The running sidecar's `/healthz`, or None when it does not answer."""
+    host, port = listen.rsplit(":", 1)
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "*") else ("::1" if host == "::" else host.strip("[]"))
+
+    async def fetch() -> dict[str, object] | None:
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+                async with session.get(f"http://{host}:{port}/healthz") as response:
+                    return await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    return asyncio.run(fetch())
+
+
 def check_status(config_path: str | None, max_age: float | None) -> tuple[bool, str]:
-    """For `stackyard dbagent status`: (fresh?, what to print)."""
+    """For `stackyard dbagent status`: (fresh and storing?, what to print)."""
     config = load_config(config_path, "postgresql://unused")
+    health = running_health(config.listen)
+    storage = health.get("storage") if health else None
+    if isinstance(storage, dict) and not storage.get("ok"):
+        return False, f"storage failing: {storage.get('error')} (collection goes on in memory for /metrics)"
     if not Path(config.database).exists():
         return False, f"no dbagent database at {config.database}"
     history = History(config.database)

@@ -1,4 +1,11 @@
-"""Per-instance monitoring, alert rules and the Prometheus view of the sidecar."""
+"""Per-instance monitoring and the sidecar's Prometheus view.
+
+Each collector of an instance has its own connection, so one blocked view
+(a statement timeout) fails that collector only; losing the server fails them
+all. Status moves only along the documented transitions (README, "The database
+sidecar"), each change logged once; the cause of a failure is kept, never
+replaced by a retry notice.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +13,16 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..backoff import Backoff
+from . import exposition
+from .alerts import Alerts
 from .collectors import REGISTRY, Previous, Reading
-from .config import AlertRule, DbAgentConfig, Instance
+from .config import DbAgentConfig, Instance
 from .storage import History
 
 log = logging.getLogger(__name__)
@@ -30,129 +34,72 @@ ALLOWED_TRANSITIONS = {
     ("connected", "error"),
     ("error", "connected"),
 }
+# A statement or lock timeout: the server answers, one view is blocked. Fails only the collector that hit it.
+TIMEOUTS = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
 
 
 def transition(current: str, wanted: str) -> str:
-    """The next instance status: only the documented transitions happen (README, "The database sidecar"); anything else keeps the current one."""
+    """The next instance status: only the documented transitions happen; anything else keeps the current one."""
     return wanted if (current, wanted) in ALLOWED_TRANSITIONS else current
 
 
-class Exporter(Collector):
-    """postgres_exporter-style gauges from the latest reading of every instance, plus the sidecar's own metrics."""
+class Exporter:
+    """The latest reading of every instance and collector, and the sidecar's own metrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         self.up: dict[str, float] = {}
-        self.latest: dict[str, dict[str, list[tuple[dict[str, str], float]]]] = {}
+        self.latest: dict[str, dict[str, dict[str, exposition.Samples]]] = {}  # server -> collector -> family
         self.collection_seconds = Histogram(
             "stackyard_dbagent_collection_duration_seconds", "Duration of one collection, by collector.",
             ["collector"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry,
         )
         self.errors_total = Counter(
-            "stackyard_dbagent_collection_errors", "Failed collections by instance and collector.",
-            ["instance", "collector"], registry=self.registry,
+            "stackyard_dbagent_collection_errors", "Failed collections (not retry waits) by server and collector.",
+            ["server", "collector"], registry=self.registry,
         )
         self.webhook_failures_total = Counter(
-            "stackyard_dbagent_webhook_failures", "Alert webhook deliveries that failed after all retries.",
+            "stackyard_dbagent_webhook_failures", "Alert deliveries given up after alerts.max_age.",
             registry=self.registry,
         )
-        self.registry.register(self)
+        self.storage_errors_total = Counter(
+            "stackyard_dbagent_storage_errors", "Failed writes to the SQLite history.", registry=self.registry,
+        )
+        self.deliveries_pending = Gauge(
+            "stackyard_dbagent_alert_deliveries_pending", "Alert deliveries not acknowledged by the webhook yet.",
+            registry=self.registry,
+        )
 
-    def forget(self, instance: str) -> None:
-        self.up.pop(instance, None)
-        self.latest.pop(instance, None)
+    def forget(self, server: str) -> None:
+        """The instance left the configuration: all its series go."""
+        self.up.pop(server, None)
+        self.latest.pop(server, None)
 
-    def update(self, instance: str, reading: Reading) -> None:
-        self.latest.setdefault(instance, {}).update(reading.labelled)
+    def down(self, server: str) -> None:
+        """The instance cannot be reached: only `pg_up` (0) stays, as postgres_exporter does."""
+        self.up[server] = 0.0
+        self.latest.pop(server, None)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("pg_up", "Whether the last connection to the instance worked.", labels=["instance"])
-        for instance, value in sorted(self.up.items()):
-            up.add_metric([instance], value)
-        yield up
-        families: dict[str, GaugeMetricFamily] = {}
-        for instance, metrics in sorted(self.latest.items()):
-            for name, samples in sorted(metrics.items()):
-                for labels, value in samples:
-                    keys = ["instance", *sorted(labels)]
-                    family = families.setdefault(name, GaugeMetricFamily(name, f"{name} (PostgreSQL)", labels=keys))
-                    family.add_metric([instance, *[labels[k] for k in sorted(labels)]], value)
-        yield from families.values()
+    def update(self, server: str, collector: str, reading: Reading) -> None:
+        self.up[server] = 1.0
+        self.latest.setdefault(server, {})[collector] = dict(reading.labelled)
 
+    def drop(self, server: str, collector: str) -> None:
+        """One collector failed: its series go rather than freeze at old values."""
+        self.latest.get(server, {}).pop(collector, None)
 
-@dataclass
-class Alerts:
-    """Threshold rules per instance; triggered and resolved rows, and webhook deliveries that never block collection."""
-
-    history: History
-    exporter: Exporter
-    rules: tuple[AlertRule, ...] = ()
-    webhook_url: str | None = None
-    enabled: bool = True
-    pending: dict[tuple[str, str], float] = field(default_factory=dict)
-    firing: set[tuple[str, str]] = field(default_factory=set)
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
-    attempts: int = 6
-    first_delay: float = 0.5
-
-    def evaluate(self, instance: str, values: dict[str, float], now: float | None = None) -> None:
-        if not self.enabled:
-            return
-        now = time.time() if now is None else now
-        for rule in self.rules:
-            if rule.metric not in values:
-                continue
-            key, value = (instance, rule.name), values[rule.metric]
-            if rule.breached(value):
-                since = self.pending.setdefault(key, now)
-                if key not in self.firing and now - since >= rule.for_seconds:
-                    self.firing.add(key)
-                    self._record(instance, rule, "triggered", value, now)
-            else:
-                self.pending.pop(key, None)
-                if key in self.firing:
-                    self.firing.discard(key)
-                    self._record(instance, rule, "resolved", value, now)
-
-    def _record(self, instance: str, rule: AlertRule, state: str, value: float, now: float) -> None:
-        message = f"{rule.metric} {rule.op} {rule.threshold:g} on {instance}: value {value:g} ({state})"
-        log.warning("alert %s %s: %s", rule.name, state, message)
-        self.history.insert("alert_events", instance, [(rule.name, rule.metric, state, value, rule.threshold, message)], now)
-        if self.webhook_url:
-            payload = {"rule": rule.name, "instance": instance, "metric": rule.metric, "state": state, "value": value,
-                       "threshold": rule.threshold, "op": rule.op, "message": message, "at": now}
-            if self.queue.full():
-                self.queue.get_nowait()  # drop the oldest rather than block collection
-            self.queue.put_nowait(payload)
-
-    async def deliver_forever(self) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            while True:
-                payload = await self.queue.get()
-                await self._deliver(session, payload)
-
-    async def _deliver(self, session: aiohttp.ClientSession, payload: dict[str, Any]) -> None:
-        backoff = Backoff(self.first_delay, 30.0)
-        for attempt in range(1, self.attempts + 1):
-            try:
-                assert self.webhook_url is not None  # only queued when a webhook is configured
-                async with session.post(self.webhook_url, json=payload) as response:
-                    if response.status < 300:
-                        return
-                    problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = str(exc) or type(exc).__name__
-            if attempt < self.attempts:
-                delay = backoff.next_delay()
-                log.info("alert webhook attempt %d failed (%s); retrying in %.1fs", attempt, problem, delay)
-                await asyncio.sleep(delay)
-        self.exporter.webhook_failures_total.inc()
-        log.error("alert webhook %s failed %d times; dropped alert %s", self.webhook_url, self.attempts, payload["rule"])
+    def postgres_text(self) -> str:
+        """`pg_up` and the PostgreSQL families in the text format."""
+        merged: dict[str, dict[str, exposition.Samples]] = {}
+        for server, collectors in self.latest.items():
+            for families in collectors.values():
+                merged.setdefault(server, {}).update(families)
+        return exposition.render(self.up, merged)
 
 
 @dataclass
 class InstanceMonitor:
-    """One PostgreSQL instance: its own connection, status, backoff and collectors."""
+    """One PostgreSQL instance: a connection per collector, one status, one reconnect backoff."""
 
     instance: Instance
     config: DbAgentConfig
@@ -160,85 +107,122 @@ class InstanceMonitor:
     exporter: Exporter
     alerts: Alerts
     status: str = "unknown"
-    conn: psycopg.AsyncConnection | None = None
+    cause: str | None = None  # why the instance is unreachable or failing (kept until it recovers)
+    conns: dict[str, psycopg.AsyncConnection] = field(default_factory=dict)
     previous: Previous = field(default_factory=Previous)
-    notes: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # skipped collections that are not errors
+    failing: dict[str, tuple[str, bool]] = field(default_factory=dict)  # collector -> (its error, a timeout?)
     retry_at: float = 0.0
     reconnect: Backoff = field(default_factory=lambda: Backoff(0.5, 30.0))
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    logged: tuple[str, bool] | None = None
 
     def __post_init__(self) -> None:
         self._record(None)
 
-    def _record(self, error: str | None, seen: float | None = None) -> None:
-        message = error or ("; ".join(self.notes.values()) or None)
-        self.history.set_instance(self.instance.name, self.instance.safe_connection, self.status, seen, message)
+    @property
+    def server(self) -> str:
+        return self.instance.name
 
-    def _move(self, wanted: str, error: str | None, seen: float | None = None) -> None:
+    def _record(self, seen: float | None) -> None:
+        message = self.cause or ("; ".join([*(m for m, _ in self.failing.values()), *self.notes.values()]) or None)
+        self.history.set_instance(self.server, self.instance.safe_connection, self.status, seen, message)
+
+    def _move(self, wanted: str, cause: str | None, seen: float | None = None) -> None:
+        """Change status (as the transitions allow) and cause; log once per change, never per retry."""
         before = self.status
-        self.status = transition(self.status, wanted)
-        if before != self.status:
-            log.info("instance %s: %s -> %s%s", self.instance.name, before, self.status, f" ({error})" if error else "")
-        self._record(error, seen)
-        self.exporter.up[self.instance.name] = 0.0 if wanted == "disconnected" else 1.0
+        self.status, self.cause = transition(self.status, wanted), cause
+        state = (self.status, cause is not None)
+        if state != self.logged and (self.logged is not None or cause is not None):
+            if cause is None:
+                log.info("instance %s: %s -> %s", self.server, before, self.status)
+            else:
+                log.warning("instance %s: %s%s: %s (retrying with backoff)", self.server, before,
+                            f" -> {self.status}" if before != self.status else "", cause)
+        self.logged = state
+        self._record(seen)
 
-    async def _connection(self) -> psycopg.AsyncConnection:
-        if self.conn is not None and not self.conn.closed:
-            return self.conn
+    async def _connection(self, name: str) -> psycopg.AsyncConnection | None:
+        """This collector's connection; None while a reconnect is not due (not an error)."""
+        conn = self.conns.get(name)
+        if conn is not None and not conn.closed:
+            return conn
         if time.monotonic() < self.retry_at:
-            raise psycopg.OperationalError(f"reconnecting in {self.retry_at - time.monotonic():.1f}s")
+            return None
         timeout_ms = int(self.config.statement_timeout * 1000)
         try:
-            self.conn = await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self.instance.connection, autocommit=True,
-                connect_timeout=max(2, math.ceil(self.config.statement_timeout)),
+                connect_timeout=max(2, math.ceil(self.config.connect_timeout)),  # libpq's minimum is 2 s
                 options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
-                application_name="stackyard-dbagent",
+                application_name=f"stackyard-dbagent-{name}",
             )
         except psycopg.OperationalError:
             self.retry_at = time.monotonic() + self.reconnect.next_delay()
             raise
         self.reconnect.reset()
-        return self.conn
+        self.conns[name] = conn
+        return conn
 
     async def collect(self, name: str) -> Reading | None:
-        """Run one collector now; never raises (failures become the instance's status)."""
+        """Run one collector now; never raises (failures become the collector's or the instance's status)."""
         started = time.monotonic()
-        async with self.lock:
-            try:
-                conn = await self._connection()
-                reading = await REGISTRY[name].collect(conn, self.previous, self.config.top_queries)
-            except psycopg.OperationalError as exc:
-                await self._drop_connection()
-                self.exporter.errors_total.labels(self.instance.name, name).inc()
-                self._move("disconnected", _first_line(exc))
+        try:
+            conn = await self._connection(name)
+            if conn is None:
                 return None
-            except psycopg.Error as exc:
-                self.exporter.errors_total.labels(self.instance.name, name).inc()
-                self._move("error", f"{name}: {_first_line(exc)}")
-                return None
-            finally:
-                self.exporter.collection_seconds.labels(name).observe(time.monotonic() - started)
+            reading = await REGISTRY[name].collect(conn, self.previous, self.config.top_queries)
+        except TIMEOUTS as exc:
+            self._collector_failed(name, f"{name}: {_first_line(exc)}", timeout=True)
+            return None
+        except psycopg.OperationalError as exc:
+            await self._drop_connection(name)
+            self.exporter.errors_total.labels(self.server, name).inc()
+            self.exporter.down(self.server)
+            self.failing.clear()  # the whole instance failed; its collectors start afresh on reconnect
+            self._move("disconnected", _first_line(exc))
+            return None
+        except psycopg.Error as exc:
+            self._collector_failed(name, f"{name}: {_first_line(exc)}", timeout=False)
+            return None
+        finally:
+            self.exporter.collection_seconds.labels(name).observe(time.monotonic() - started)
+        self._collected(name, reading)
+        return reading
+
+    def _collector_failed(self, name: str, message: str, timeout: bool) -> None:
+        self.exporter.errors_total.labels(self.server, name).inc()
+        self.exporter.drop(self.server, name)
+        if name not in self.failing:  # once per episode
+            log.warning("instance %s: collector %s failed: %s", self.server, name, message)
+        self.failing[name] = (message, timeout)
+        if timeout:  # the server answers: the instance stays as it is
+            self._record(None)
+        else:
+            self._move("error", message)
+
+    def _collected(self, name: str, reading: Reading) -> None:
+        if self.failing.pop(name, None) is not None:
+            log.info("instance %s: collector %s works again", self.server, name)
         if reading.note:
             self.notes[name] = reading.note
         else:
             self.notes.pop(name, None)
         now = time.time()
         for table, rows in reading.rows.items():
-            self.history.insert(table, self.instance.name, rows, now)
-        self.exporter.update(self.instance.name, reading)
-        self._move("connected", None, now)
+            self.history.insert(table, self.server, rows, now)
+        self.exporter.update(self.server, name, reading)
+        hard_errors = [message for message, timeout in self.failing.values() if not timeout]
+        self._move("error" if hard_errors else "connected", hard_errors[0] if hard_errors else None, now)
         self.history.collected()
-        self.alerts.evaluate(self.instance.name, reading.values, now)
-        return reading
+        self.alerts.evaluate(self.server, reading.values, now)
 
-    async def _drop_connection(self) -> None:
-        if self.conn is not None:
+    async def _drop_connection(self, name: str) -> None:
+        conn = self.conns.pop(name, None)
+        if conn is not None:
             try:
-                await self.conn.close()
+                await conn.close()
             except Exception:  # already broken; nothing to save
                 pass
-        self.conn = None
 
     async def run_collector(self, name: str) -> None:
         while True:
@@ -246,7 +230,8 @@ class InstanceMonitor:
             await asyncio.sleep(self.config.intervals[name])
 
     async def close(self) -> None:
-        await self._drop_connection()
+        for name in list(self.conns):
+            await self._drop_connection(name)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Sessions by state from pg_stat_activity, waiting sessions, the longest active query."""
+"""Sessions by database and state from pg_stat_activity, waiting sessions, the longest active query."""
 
 from __future__ import annotations
 
@@ -6,25 +6,29 @@ from typing import Any
 
 import psycopg
 
-from .base import Collector, Previous, Reading, fetch_all
+from .base import Collector, Family, Previous, Reading, fetch_all
 
-
+# postgres_exporter's states: every (database, state) pair is exported, with 0 for the absent ones.
 ACTIVITY_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call",
                    "disabled")
 
 
 async def collect_activity(conn: psycopg.AsyncConnection[Any], previous: Previous, top: int) -> Reading:
+    databases = [name for (name,) in await fetch_all(conn, "SELECT datname FROM pg_database ORDER BY datname")]
     rows = await fetch_all(
         conn,
-        "SELECT coalesce(state, 'unknown'), wait_event_type IS NOT NULL AND wait_event_type = 'Lock',"
+        "SELECT datname, coalesce(state, 'unknown'), wait_event_type IS NOT NULL AND wait_event_type = 'Lock',"
         " EXTRACT(EPOCH FROM (clock_timestamp() - query_start))::float8"
         " FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
     )
     by_state: dict[str, int] = {}
+    by_database: dict[tuple[str, str], int] = {(d, s): 0 for d in databases for s in ACTIVITY_STATES}
     longest = 0.0
     waiting = 0
-    for state, waits, seconds in rows:
+    for database, state, waits, seconds in rows:
         by_state[state] = by_state.get(state, 0) + 1
+        if database is not None and (database, state) in by_database:
+            by_database[database, state] += 1
         waiting += 1 if waits else 0
         if state == "active" and seconds:
             longest = max(longest, float(seconds))
@@ -36,9 +40,14 @@ async def collect_activity(conn: psycopg.AsyncConnection[Any], previous: Previou
     )]
     reading.values.update(active_sessions=by_state.get("active", 0), waiting_sessions=waiting,
                           longest_query_seconds=longest, sessions=total)
-    states = {state: 0 for state in ACTIVITY_STATES} | by_state
-    reading.labelled["pg_stat_activity_count"] = [({"state": s}, float(n)) for s, n in sorted(states.items())]
+    reading.labelled["pg_stat_activity_count"] = [
+        ({"datname": d, "state": s}, float(n)) for (d, s), n in sorted(by_database.items())
+    ]
     return reading
 
 
-COLLECTOR = Collector("activity", 2.0, collect_activity)
+COLLECTOR = Collector(
+    "activity", 2.0, collect_activity,
+    values=("active_sessions", "waiting_sessions", "longest_query_seconds", "sessions"),
+    families={"pg_stat_activity_count": Family("gauge", "number of connections in this state")},
+)

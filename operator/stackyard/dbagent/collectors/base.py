@@ -28,8 +28,8 @@ class Previous:
     transactions: tuple[float, int] | None = None
 
 
-async def fetch_all(conn: psycopg.AsyncConnection[Any], query: str) -> list[tuple[Any, ...]]:
-    cursor = await conn.execute(query)
+async def fetch_all(conn: psycopg.AsyncConnection[Any], query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(query, params)
     return await cursor.fetchall()
 
 
@@ -37,9 +37,20 @@ CollectFn = Callable[[psycopg.AsyncConnection[Any], Previous, int], Awaitable[Re
 
 
 @dataclass(frozen=True)
+class Family:
+    """One exported Prometheus family: its type (`gauge` or `counter`, named as postgres_exporter names it) and help."""
+
+    type: str
+    help: str
+
+
+@dataclass(frozen=True)
 class Collector:
-    """One collector: its name (config key, task and table prefix), default interval, and function."""
+    """One collector: its name (config key, task and table prefix), default interval and function, the values
+    its readings offer to alert rules, and the Prometheus families it exports (labels besides `server`)."""
 
     name: str
     default_interval: float
     collect: CollectFn
+    values: tuple[str, ...] = ()
+    families: dict[str, Family] = field(default_factory=dict)

@@ -40,4 +40,4 @@ async def collect_queries(conn: psycopg.AsyncConnection[Any], previous: Previous
     return reading
 
 
-COLLECTOR = Collector("queries", 5.0, collect_queries)
+COLLECTOR = Collector("queries", 5.0, collect_queries)  # history only: per-statement series would be unbounded
