@@ -175,8 +175,12 @@ async def test_a_stopped_instance_goes_disconnected_and_back_while_the_other_kee
             victim.stop()
             await eventually(lambda: _status(history, "victim", "disconnected"))
             assert exporter.up["victim"] == 0.0
+            assert "victim" not in exporter.latest, "only pg_up stays for a server that is down"
+            assert 'server="victim"} 0' in exporter.postgres_text()
             during = len(history.rows("metrics_history", "plain"))
             await eventually(lambda: _more_rows(history, "plain", during + 10))
+            cause = history.instances()["victim"]["error_message"]
+            assert cause and not cause.startswith("reconnecting"), "retry waits keep the real cause"
             victim.start()
             await eventually(lambda: _status(history, "victim", "connected"), timeout=40)
             assert exporter.up["victim"] == 1.0
