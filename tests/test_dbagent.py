@@ -8,13 +8,12 @@ import time
 
 import psycopg
 import pytest
-from aiohttp import web
 
 from stackyard.dbagent.config import parse_config
 from stackyard.dbagent.alerts import Alerts
 from stackyard.dbagent.monitor import Exporter, InstanceMonitor, transition
 from stackyard.dbagent.storage import SCHEMA_VERSION, History
-from stackyard.store.embedded import EmbeddedPostgres, free_port
+from stackyard.store.embedded import EmbeddedPostgres
 
 from .operator_harness import eventually
 
