@@ -30,15 +30,15 @@ def machine() -> str:
 
 
 @contextlib.contextmanager
-def database() -> Iterator[str]:
-    """A migrated database: STACKYARD_BENCH_DATABASE_URL, or a fresh embedded PostgreSQL."""
+def database(**settings: str) -> Iterator[str]:
+    """A migrated database: STACKYARD_BENCH_DATABASE_URL, or a fresh embedded PostgreSQL (with extra `settings`)."""
     url = os.environ.get("STACKYARD_BENCH_DATABASE_URL")
     if url:
         migrate(url)
         yield url
         return
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "pg", settings={"fsync": "off", "max_connections": "200"})
+        server = EmbeddedPostgres(Path(tmp) / "pg", settings={"fsync": "off", "max_connections": "200", **settings})
         server.start()
         try:
             ensure_database(server.url(), "stackyard")

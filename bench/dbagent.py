@@ -1,8 +1,15 @@
-"""dbagent overhead: CPU and wall time per collection cycle per instance, RSS, SQLite bytes per simulated day.
+"""dbagent overhead: CPU and wall time per collection cycle per instance, RSS, and SQLite growth and disk
+writes per day.
 
-    python bench/dbagent.py [--cycles 200]
+    python bench/dbagent.py [--cycles 200] [--simulated-minutes 30]
 
-Runs every collector against a real (embedded) PostgreSQL `--cycles` times.
+Runs every collector against a real (embedded) PostgreSQL `--cycles` times for
+the CPU figures. Then it simulates `--simulated-minutes` of the sidecar at the
+default intervals on a simulated clock (each collector when it is due, a flush
+every 5 s as the sidecar does, light load of 3 statements per second, 40 statement shapes,
+on the server) and scales the SQLite file growth and the bytes written to disk
+(wchar of the process: the writes SQLite makes to the database and its WAL)
+to a day. Target: at most 50 MB per day per instance.
 When postgres_exporter is installed (Debian: prometheus-postgres-exporter), it
 is scraped against the same server in the same run for comparison; otherwise
 that line says it was not found. Target: less CPU per cycle than postgres_exporter per scrape.
@@ -25,9 +32,12 @@ import psutil
 
 from common import database, free_port, machine, progress
 
+import psycopg
+
+from stackyard.dbagent.alerts import Alerts  # noqa: E402
 from stackyard.dbagent.collectors import DEFAULT_INTERVALS  # noqa: E402
 from stackyard.dbagent.config import parse_config  # noqa: E402
-from stackyard.dbagent.alerts import Alerts  # noqa: E402
+from stackyard.dbagent.main import FLUSH_EVERY  # noqa: E402
 from stackyard.dbagent.monitor import Exporter, InstanceMonitor  # noqa: E402
 from stackyard.dbagent.storage import History  # noqa: E402
 
@@ -41,7 +51,6 @@ async def measure(url: str, cycles: int, tmp: Path) -> dict[str, float]:
     monitor = InstanceMonitor(config.instances[0], config, history, exporter, Alerts(history, exporter))
     per_collector: dict[str, float] = {}
     await monitor.collect("metrics")
-    size_before = sum(f.stat().st_size for f in tmp.glob("h.sqlite*"))
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     for _ in range(cycles):
         for name in DEFAULT_INTERVALS:
@@ -50,15 +59,66 @@ async def measure(url: str, cycles: int, tmp: Path) -> dict[str, float]:
             per_collector[name] = per_collector.get(name, 0.0) + time.process_time() - started
     cpu = time.process_time() - cpu_before
     wall = time.perf_counter() - wall_before
-    history.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    size_after = sum(f.stat().st_size for f in tmp.glob("h.sqlite*"))
     await monitor.close()
-    growth = max(0, size_after - size_before) / cycles
-    # rows per day at default intervals: each collector runs 86400/interval times a day
-    cycles_per_day = sum(SECONDS_PER_DAY / interval for interval in DEFAULT_INTERVALS.values()) / len(DEFAULT_INTERVALS)
+    history.close()
     return {"cpu_ms_per_cycle": cpu / cycles * 1000, "wall_ms_per_cycle": wall / cycles * 1000,
-            "sqlite_bytes_per_day": growth * cycles_per_day, "per_collector": per_collector,
-            "bytes_per_cycle": growth}
+            "per_collector": per_collector}
+
+
+def _written_bytes() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _sqlite_bytes(tmp: Path) -> int:
+    return sum(f.stat().st_size for f in tmp.glob("day.sqlite*"))
+
+
+async def simulate_day(url: str, minutes: int, tmp: Path) -> dict[str, float]:
+    """The sidecar's storage at default intervals on a simulated clock, scaled from `minutes` to a day."""
+    config = parse_config({"instances": [{"name": "bench", "connection": url}], "database": str(tmp / "day.sqlite")})
+    history = History(config.database)
+    exporter = Exporter()
+    clock = [time.time()]
+    monitor = InstanceMonitor(config.instances[0], config, history, exporter, Alerts(history, exporter),
+                              clock=lambda: clock[0])
+    load = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    await load.execute("CREATE TABLE IF NOT EXISTS bench_load (id int PRIMARY KEY, n int)")
+    await load.execute("INSERT INTO bench_load SELECT g, 0 FROM generate_series(1, 20) g ON CONFLICT DO NOTHING")
+    await load.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    for name in DEFAULT_INTERVALS:  # baselines (counters, deltas) before measuring
+        await monitor.collect(name)
+    history.flush()
+    history.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size_before, written_before = _sqlite_bytes(tmp), _written_bytes()
+    seconds = minutes * 60
+    for second in range(1, seconds + 1):
+        clock[0] += 1.0
+        shape = second % 20  # 20 statement shapes in turn, so query stats change as an application's do
+        await load.execute(f"UPDATE bench_load SET n = n + {shape + 1} WHERE id = %s", (shape + 1,))
+        await load.execute(f"SELECT n, {shape} AS shape FROM bench_load WHERE id = %s", (shape + 1,))
+        await load.execute("SELECT count(*) FROM pg_class")
+        for name, interval in DEFAULT_INTERVALS.items():
+            if second % max(1, round(interval)) == 0:
+                await monitor.collect(name)
+        if second % round(FLUSH_EVERY) == 0:
+            history.flush()
+        if second % 300 == 0:
+            progress(f"simulated {second // 60} of {minutes} minutes")
+    history.flush()
+    written = _written_bytes() - written_before
+    history.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    growth = _sqlite_bytes(tmp) - size_before
+    rows = {table: history.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("activity_snapshots", "metrics_history", "query_stats", "replication_lag_history")}
+    await monitor.close()
+    await load.close()
+    history.close()
+    scale = SECONDS_PER_DAY / seconds
+    return {"bytes_per_day": growth * scale, "written_per_day": written * scale,
+            "rows_per_day": {t: n * scale for t, n in rows.items()}}
 
 
 def postgres_exporter(url: str, scrapes: int) -> str:
@@ -87,10 +147,12 @@ def postgres_exporter(url: str, scrapes: int) -> str:
         proc.wait(timeout=10)
 
 
-async def run(cycles: int) -> None:
-    with database() as url, tempfile.TemporaryDirectory() as tmp:
+async def run(cycles: int, minutes: int) -> None:
+    with database(shared_preload_libraries="pg_stat_statements") as url, tempfile.TemporaryDirectory() as tmp:
         progress(f"running {cycles} cycles of all collectors")
         result = await measure(url, cycles, Path(tmp))
+        progress(f"simulating {minutes} minutes at the default intervals")
+        day = await simulate_day(url, minutes, Path(tmp))
         exporter_line = postgres_exporter(url, 50)
     print(f"machine: {machine()}")
     print(f"cycles: {cycles} (each: activity, queries, replication, locks, metrics on one instance)")
@@ -99,12 +161,16 @@ async def run(cycles: int) -> None:
     for name, seconds in result["per_collector"].items():
         print(f"  {name}: {seconds / cycles * 1000:.2f} ms CPU")
     print(f"peak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    print(f"SQLite growth: {result['bytes_per_cycle']:.0f} bytes per cycle, "
-          f"~{result['sqlite_bytes_per_day'] / 2**20:.0f} MiB per simulated day at default intervals")
+    print(f"SQLite growth per instance per day at default intervals, light load: {day['bytes_per_day'] / 1e6:.1f} MB"
+          f" (target <= 50 MB; from {minutes} simulated minutes)")
+    print(f"bytes written to disk per instance per day: {day['written_per_day'] / 1e6:.0f} MB")
+    print("rows per day: " + ", ".join(f"{t} {n:,.0f}" for t, n in day["rows_per_day"].items()))
     print(exporter_line)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=200)
-    asyncio.run(run(parser.parse_args().cycles))
+    parser.add_argument("--simulated-minutes", type=int, default=30)
+    arguments = parser.parse_args()
+    asyncio.run(run(arguments.cycles, arguments.simulated_minutes))

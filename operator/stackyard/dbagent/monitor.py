@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -115,6 +116,7 @@ class InstanceMonitor:
     retry_at: float = 0.0
     reconnect: Backoff = field(default_factory=lambda: Backoff(0.5, 30.0))
     logged: tuple[str, bool] | None = None
+    clock: Callable[[], float] = time.time  # wall clock of the stored rows (a benchmark simulates a day with it)
 
     def __post_init__(self) -> None:
         self._record(None)
@@ -207,7 +209,7 @@ class InstanceMonitor:
             self.notes[name] = reading.note
         else:
             self.notes.pop(name, None)
-        now = time.time()
+        now = self.clock()
         for table, rows in reading.rows.items():
             self.history.insert(table, self.server, rows, now)
         self.exporter.update(self.server, name, reading)
