@@ -149,7 +149,13 @@ async def test_query_stats_when_installed_and_a_skip_reason_when_not(servers, tm
     await monitors["primary"].collect("queries")
     rows = history.rows("query_stats", "primary")
     assert 0 < len(rows) <= 5
-    assert any("accounts" in r["query"] and r["calls"] >= 20 for r in rows)
+    (first,) = [r for r in rows if r["query"] and "accounts" in r["query"] and r["calls"] >= 20]
+    with psycopg.connect(servers["primary"].url(), autocommit=True) as conn:
+        for _ in range(20):
+            conn.execute("SELECT count(*) FROM accounts WHERE balance > %s", (0,))
+    await monitors["primary"].collect("queries")
+    again = [r for r in history.rows("query_stats", "primary") if r["queryid"] == first["queryid"]]
+    assert [r["query"] is None for r in again] == [False, True], "the text is stored once, not on every row"
 
     await monitors["plain"].collect("queries")
     plain = history.instances()["plain"]

@@ -26,6 +26,8 @@ class Previous:
     statements: dict[str, tuple[int, float, int]] | None = None
     deadlocks: int | None = None
     transactions: tuple[float, int] | None = None
+    query_cycles: int = 0
+    texts_kept_at: dict[str, int] = field(default_factory=dict)  # queryid -> the cycle its text was last stored
 
 
 async def fetch_all(conn: psycopg.AsyncConnection[Any], query: str, params: Any = None) -> list[tuple[Any, ...]]:
