@@ -117,3 +117,21 @@ def test_namespaced_installs_use_roles_only():
     (kust_deployment,) = [d for d in kust if d["kind"] == "Deployment"]
     env = {e["name"]: e for e in kust_deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["STACKYARD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_chart_alerts_reach_the_sidecar_and_pass_its_schema(tmp_path):
+    from stackyard.dbagent.config import parse_config
+
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"dbagent": {"alerts": {
+        "webhook_url": "http://alert-receiver/hook", "max_age": "12h",
+        "rules": [{"name": "lag", "metric": "replication_lag_seconds", "op": ">", "threshold": 30,
+                   "labels": {"severity": "page"}}]}}}))
+    result = subprocess.run([str(HELM), "template", "stackyard", str(CHART), "-f", str(values)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "stackyard-dbagent"]
+    config = parse_config(yaml.safe_load(configmap["data"]["dbagent.yaml"]), "host=db")
+    assert config.webhook_url == "http://alert-receiver/hook" and config.alert_max_age == 12 * 3600
+    assert config.rules[0].labels == (("severity", "page"),)

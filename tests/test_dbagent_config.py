@@ -104,3 +104,13 @@ async def test_a_reload_refuses_a_bad_file_and_keeps_listen_which_needs_a_restar
     assert agent.config.intervals["metrics"] == 3, "the rest of the file applies"
     assert agent.config.listen == "127.0.0.1:9100" and "needs a restart" in caplog.text
     await agent.stop()
+
+
+def test_the_shipped_configuration_passes_the_schema():
+    from pathlib import Path
+
+    import yaml
+
+    configmap = yaml.safe_load((Path(__file__).parent.parent / "manifests" / "configmap.yaml").read_text())
+    config = parse_config(yaml.safe_load(configmap["data"]["dbagent.yaml"]), "host=db")
+    assert config.database == "/data/dbagent.sqlite" and config.intervals["metrics"] == 1
