@@ -1,7 +1,7 @@
 """dbagent overhead: CPU and wall time per collection cycle per instance, RSS, and SQLite growth and disk
 writes per day.
 
-    python bench/dbagent.py [--cycles 200] [--simulated-minutes 30]
+    python bench/dbagent.py [--cycles 200] [--simulated-minutes 120]
 
 Runs every collector against a real (embedded) PostgreSQL `--cycles` times for
 the CPU figures. Then it simulates `--simulated-minutes` of the sidecar at the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -62,7 +63,7 @@ async def measure(url: str, cycles: int, tmp: Path) -> dict[str, float]:
     await monitor.close()
     history.close()
     return {"cpu_ms_per_cycle": cpu / cycles * 1000, "wall_ms_per_cycle": wall / cycles * 1000,
-            "per_collector": per_collector}
+            "per_collector": per_collector, "text": exporter.postgres_text()}
 
 
 def _written_bytes() -> int:
@@ -121,7 +122,32 @@ async def simulate_day(url: str, minutes: int, tmp: Path) -> dict[str, float]:
             "rows_per_day": {t: n * scale for t, n in rows.items()}}
 
 
-def postgres_exporter(url: str, scrapes: int) -> str:
+SHARED_FAMILIES = ("pg_up", "pg_stat_activity_count", "pg_locks_count", "pg_stat_database_xact_commit",
+                   "pg_stat_database_numbackends", "pg_database_size_bytes")
+
+
+def label_sets(text: str) -> dict[str, tuple[frozenset[str], str]]:
+    """family -> (label names besides server/instance, TYPE) of a scrape, for the families both export."""
+    types = dict(re.findall(r"^# TYPE (\w+) (\w+)$", text, re.M))
+    found: dict[str, tuple[frozenset[str], str]] = {}
+    for name, labels in re.findall(r"^(\w+)\{([^}]*)\}", text, re.M):
+        if name in SHARED_FAMILIES:
+            keys = frozenset(re.findall(r'(\w+)="', labels)) - {"server", "instance"}
+            found[name] = (keys, types.get(name, "untyped"))
+    return found
+
+
+def compare_labels(ours: str, theirs: str) -> str:
+    mine, exporter = label_sets(ours), label_sets(theirs)
+    differ = [f"{name}: ours {sorted(mine.get(name, (set(), ''))[0])} {mine.get(name, ('', '-'))[1]},"
+              f" exporter {sorted(exporter[name][0])} {exporter[name][1]}"
+              for name in SHARED_FAMILIES if name in exporter and mine.get(name) != exporter[name]]
+    compared = [n for n in SHARED_FAMILIES if n in exporter]
+    return (f"labels and types as postgres_exporter's for {len(compared)} shared families" if not differ
+            else "labels or types differ from postgres_exporter: " + "; ".join(differ))
+
+
+def postgres_exporter(url: str, scrapes: int, ours: str) -> str:
     binary = shutil.which("prometheus-postgres-exporter") or shutil.which("postgres_exporter")
     if binary is None:
         return "postgres_exporter: not installed (apt-get install prometheus-postgres-exporter to compare)"
@@ -130,9 +156,10 @@ def postgres_exporter(url: str, scrapes: int) -> str:
     proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        text = ""
         for _ in range(50):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
                 break
             except OSError:
                 time.sleep(0.2)
@@ -141,7 +168,8 @@ def postgres_exporter(url: str, scrapes: int) -> str:
         for _ in range(scrapes):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
         after = sum(process.cpu_times()[:2])
-        return f"postgres_exporter: {(after - before) / scrapes * 1000:.2f} ms CPU per scrape ({scrapes} scrapes)"
+        return (f"postgres_exporter: {(after - before) / scrapes * 1000:.2f} ms CPU per scrape ({scrapes} scrapes)\n"
+                f"compatibility: {compare_labels(ours, text)}")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -153,7 +181,7 @@ async def run(cycles: int, minutes: int) -> None:
         result = await measure(url, cycles, Path(tmp))
         progress(f"simulating {minutes} minutes at the default intervals")
         day = await simulate_day(url, minutes, Path(tmp))
-        exporter_line = postgres_exporter(url, 50)
+        exporter_line = postgres_exporter(url, 50, result["text"])
     print(f"machine: {machine()}")
     print(f"cycles: {cycles} (each: activity, queries, replication, locks, metrics on one instance)")
     print(f"CPU per cycle per instance: {result['cpu_ms_per_cycle']:.2f} ms")
@@ -171,6 +199,6 @@ async def run(cycles: int, minutes: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=200)
-    parser.add_argument("--simulated-minutes", type=int, default=30)
+    parser.add_argument("--simulated-minutes", type=int, default=120)
     arguments = parser.parse_args()
     asyncio.run(run(arguments.cycles, arguments.simulated_minutes))
