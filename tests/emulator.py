@@ -164,6 +164,24 @@ class Emulator(kmock.KubernetesEmulator):
         self._rv = getattr(self, "_rv", 1000) + 1
         return str(self._rv)
 
+    def _manage(self, obj: dict[str, Any], request: kmock.Request, current: dict[str, Any] | None) -> None:
+        """Record the writer in metadata.managedFields, as the API server does for every write: one entry per
+        (manager, operation, subresource), with the time of its last write. The field sets (fieldsV1) are not
+        computed; stackyard reads only who wrote, and compares values itself."""
+        content_type = request.headers.get("Content-Type", "")
+        operation = "Apply" if "apply-patch" in content_type else "Update"
+        manager = request.params.get("fieldManager") or "unknown"
+        if current is not None and operation == "Update" and obj == current:
+            return
+        subresource = request.subresource
+        entries = [e for e in obj["metadata"].get("managedFields") or ()
+                   if (e.get("manager"), e.get("operation"), e.get("subresource")) != (manager, operation, subresource)]
+        entry = {"manager": manager, "operation": operation, "apiVersion": obj.get("apiVersion"), "time": self._now(),
+                 "fieldsType": "FieldsV1", "fieldsV1": {}}
+        if subresource:
+            entry["subresource"] = subresource
+        obj["metadata"]["managedFields"] = [*entries, entry]
+
     def _has_status_subresource(self, resource: Any) -> bool:
         try:
             return "status" in self.resources[resource].subresources
@@ -362,6 +380,8 @@ class Emulator(kmock.KubernetesEmulator):
             meta["generation"] = 1
             meta["creationTimestamp"] = self._now()
             meta.pop("deletionTimestamp", None)
+            meta.pop("managedFields", None)
+            self._manage(obj, request, None)
             if key in self._objects:
                 self._objects[key].create(obj)
             else:
@@ -414,9 +434,10 @@ class Emulator(kmock.KubernetesEmulator):
             if new.get("status") is None:
                 new.pop("status", None)
             meta = new.setdefault("metadata", {})
-            for fixed in ("uid", "creationTimestamp", "name", "namespace"):
+            for fixed in ("uid", "creationTimestamp", "name", "namespace", "managedFields"):
                 if fixed in current.get("metadata", {}):
                     meta[fixed] = current["metadata"][fixed]
+            self._manage(new, request, current)
             if current["metadata"].get("deletionTimestamp"):
                 meta["deletionTimestamp"] = current["metadata"]["deletionTimestamp"]
             generation = current["metadata"].get("generation", 1)
