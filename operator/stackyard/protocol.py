@@ -9,6 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Health of a stack on one agent (README, "Health, drift and rollout"), reported in HEALTH events.
+HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_DEGRADED, HEALTH_UNKNOWN = "Healthy", "Progressing", "Degraded", "Unknown"
+HEALTHS = (HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_DEGRADED, HEALTH_UNKNOWN)
+OBJECT_STATUSES = ("Current", "InProgress", "Failed", "Terminating", "NotFound")  # kstatus
+HEALTH_EVENT, DRIFT_EVENT = "HEALTH", "DRIFT"
+MAX_UNHEALTHY_IN_SUMMARY = 5
+MAX_DRIFTED_IN_EVENT = 10
+
 # Applied first, and so listed first: Namespaces, then CRDs, then everything else.
 KIND_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
 

@@ -260,7 +260,7 @@ async def post_events(request: web.Request) -> web.Response:
     agent = await authenticate(request)
     body = await read_json(request, schemas.EVENTS_REQUEST)
     events = [
-        EventIn(uuid.UUID(e["deploymentObjectId"]), e["eventType"], e["status"], e.get("message", ""))
+        EventIn(uuid.UUID(e["deploymentObjectId"]), e["eventType"], e["status"], e.get("message", ""), e.get("details"))
         for e in body["events"]
     ]
     try:

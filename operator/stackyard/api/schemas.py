@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import protocol
 from ..protocol import TARGET_STATE
 
 MAX_EVENTS_PER_BATCH = 100
@@ -24,6 +25,28 @@ HEARTBEAT_REQUEST = {
     "properties": {"status": {"type": "string", "enum": ["ACTIVE", "DEGRADED"]}},
 }
 
+_TEXT = {"type": "string", "maxLength": 600, "pattern": STORABLE_TEXT}
+DETAILS = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "HEALTH events: the stack's health on this agent (sent only when it changes), object counts per"
+                   " kstatus status and the first unhealthy objects. DRIFT events: the objects another field manager"
+                   " changed, repaired by the agent.",
+    "properties": {
+        "health": {"type": "string", "enum": list(protocol.HEALTHS)},
+        "counts": {"type": "object", "propertyNames": {"enum": list(protocol.OBJECT_STATUSES)},
+                   "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 1000000}},
+        "unhealthy": {"type": "array", "maxItems": protocol.MAX_UNHEALTHY_IN_SUMMARY, "items": {
+            "type": "object", "additionalProperties": False, "required": ["object", "status"],
+            "properties": {"object": _TEXT, "status": {"type": "string", "enum": list(protocol.OBJECT_STATUSES)},
+                           "message": _TEXT}}},
+        "drifted": {"type": "array", "maxItems": protocol.MAX_DRIFTED_IN_EVENT, "items": {
+            "type": "object", "additionalProperties": False, "required": ["object"],
+            "properties": {"object": _TEXT, "managers": {"type": "array", "maxItems": 10, "items": _TEXT},
+                           "fields": {"type": "array", "maxItems": 20, "items": _TEXT}}}},
+    },
+}
+
 EVENT = {
     "type": "object",
     "additionalProperties": False,
@@ -35,6 +58,7 @@ EVENT = {
         "status": {"type": "string", "enum": ["SUCCESS", "FAILURE"]},
         "message": {"type": "string", "maxLength": MAX_MESSAGE_LENGTH, "pattern": STORABLE_TEXT,
                     "description": "free text; PostgreSQL cannot store NUL characters or lone UTF-16 surrogates"},
+        "details": DETAILS,
     },
 }
 
@@ -159,7 +183,8 @@ def openapi_document(version: str, max_wait_seconds: int = 60) -> dict[str, Any]
                               **_errors(401, 403)},
             }},
             "/api/v1/agents/self/events": {"post": {
-                "summary": "Report a batch of apply events", "security": secured,
+                "summary": "Report a batch of events: APPLY and DELETE results, HEALTH changes, DRIFT repairs",
+                "security": secured,
                 "requestBody": {"required": True, "content": _json(EVENTS_REQUEST)},
                 "responses": {"200": {"description": "Stored", "content": _json(EVENTS_RESPONSE)},
                               **_errors(401, 404, 408)},

@@ -1,4 +1,8 @@
-"""Kubernetes-style conditions (Ready, Reconciling, Stalled) that kubectl wait, Flux and kstatus read."""
+"""Kubernetes-style conditions (Ready, Reconciling, Stalled) that kubectl wait, Flux and kstatus read.
+
+Ready, Reconciling and Stalled belong to the reconcile outcome (`conditions_for`); other types (a Stack's
+Healthy and RolloutHalted) are set by the status path (`set_condition`) and survive the outcome's writes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 MAX_MESSAGE = 2048
+OUTCOME_TYPES = ("Ready", "Reconciling", "Stalled")
 
 
 def now_rfc3339() -> str:
@@ -32,7 +37,8 @@ class Outcome:
 def conditions_for(
     outcome: Outcome, generation: int | None, previous: Sequence[Mapping[str, Any]] | None, now: str | None = None
 ) -> list[dict[str, Any]]:
-    """The full conditions list for `outcome`, keeping lastTransitionTime where a status did not change."""
+    """The full conditions list for `outcome`, keeping lastTransitionTime where a status did not change,
+    and the conditions of other types as they are."""
     now = now or now_rfc3339()
     before = {c.get("type"): c for c in previous or () if isinstance(c, Mapping)}
     message = outcome.message[:MAX_MESSAGE]
@@ -55,6 +61,22 @@ def conditions_for(
         if generation is not None:
             condition["observedGeneration"] = generation
         result.append(condition)
+    result += [dict(c) for c in previous or () if isinstance(c, Mapping) and c.get("type") not in OUTCOME_TYPES]
+    return result
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None, kind: str, status: str | None, reason: str = "", message: str = "",
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """`conditions` with the condition `kind` set (or removed when `status` is None); the others untouched."""
+    result = [dict(c) for c in conditions or () if isinstance(c, Mapping) and c.get("type") != kind]
+    if status is None:
+        return result
+    old = next((c for c in conditions or () if isinstance(c, Mapping) and c.get("type") == kind), None)
+    unchanged = old is not None and old.get("status") == status
+    result.append({"type": kind, "status": status, "reason": reason, "message": message[:MAX_MESSAGE],
+                   "lastTransitionTime": (old or {}).get("lastTransitionTime") if unchanged else (now or now_rfc3339())})
     return result
 
 

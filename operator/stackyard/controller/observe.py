@@ -21,17 +21,20 @@ from .reconcile import (
     stack_target_status,
 )
 from .render import InvalidSpec
+from .rollout import advance
 from .status import heartbeat_is_old, last_event_status, visible
 
-STACK_KEYS = ("targets", "agents")
-TARGET_KEYS = ("targetId", "stackId", "agent", "deployment", "selectedAgents", "agents", "conditions")
+STACK_KEYS = ("targets", "agents", "rollout", "conditions")
+TARGET_KEYS = ("targetId", "stackId", "agent", "deployment", "selectedAgents", "agents", "health", "unhealthy",
+               "conditions")
 AGENT_KEYS = ("phase", "lastEvent")
 
 
 def with_outcome(result: Result, generation: int | None, previous: Mapping[str, Any]) -> dict[str, Any]:
     """A result's status fields plus its conditions and observedGeneration."""
     status = dict(result.status)
-    status["conditions"] = conditions_for(result.outcome, generation, previous.get("conditions"))
+    status["conditions"] = conditions_for(result.outcome, generation,
+                                          result.status.get("conditions") or previous.get("conditions"))
     if generation is not None:
         status["observedGeneration"] = generation
     return status
@@ -50,7 +53,11 @@ def is_stalled(previous: Mapping[str, Any], generation: int | None) -> bool:
 
 
 async def stack_status_patch(store: Store, stack_id: uuid.UUID, previous: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The Stack's `targets` and `agents` when they visibly differ from `previous`, else None."""
+    """The Stack's `targets`, `agents`, `rollout` and conditions when they visibly differ from `previous`, else None.
+
+    First releases the latest version to more agents when the rollout allows it (their health changed).
+    """
+    await advance(store, stack_id)
     latest = await store.latest_deployment_object(stack_id)
     status = await stack_target_status(store, stack_id, latest, previous, now_rfc3339())
     return status if visible(status, STACK_KEYS) != visible(previous, STACK_KEYS) else None

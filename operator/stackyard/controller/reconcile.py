@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import pak
+from ..protocol import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_UNKNOWN
 from ..config import FIELD_MANAGER, GROUP, ROTATE_PAK_ANNOTATION, VERSION, OperatorConfig
 from ..kube import Kube
 from ..store import Conflict, Immutable, NotPermitted, Store
-from .conditions import Outcome, now_rfc3339, ready_outcome, retrying_outcome
+from .conditions import Outcome, now_rfc3339, ready_outcome, retrying_outcome, set_condition
 from .render import (
     InvalidSpec,
     render_stack,
@@ -32,11 +33,16 @@ from .render import (
     validate_labels,
     validate_namespaces,
 )
+from .rollout import RolloutView, advance, parse_rollout, unhealthy_message
+from .rollout import view as rollout_view
 from .status import (
     agent_phase,
     agent_target_agent_status,
     agents_status,
     deployment_object_status,
+    first_problem,
+    health_of,
+    healthy_condition,
     last_event_status,
     rfc3339,
     target_state,
@@ -89,13 +95,16 @@ async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tu
     labels = validate_labels(spec.get("labels"), "spec.labels")
     annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
     content, count = render_stack(spec)
+    rollout = parse_rollout(spec)
     stack_id = _uid(body)
     try:
         emitted = await store.save_stack(
-            stack_id, stack_row_name(meta["namespace"], meta["name"]), description, labels, annotations, content
+            stack_id, stack_row_name(meta["namespace"], meta["name"]), description, labels, annotations, content,
+            rollout,
         )
     except Conflict as exc:
         raise InvalidSpec("StackDeleted", str(exc)) from exc
+    await advance(store, stack_id)
     do = emitted.deployment_object
     status = await stack_target_status(store, stack_id, do, body.get("status") or {}, now)
     status["stackId"] = str(stack_id)
@@ -111,7 +120,43 @@ async def stack_target_status(
     """`targets` and `agents` of a Stack's status from its targets and their agents' events."""
     rows = await store.target_rows(stack_id)
     counts, entries = agents_status(latest, rows, previous_status.get("agents"), now)
-    return {"targets": counts, "agents": entries}
+    status: dict[str, Any] = {"targets": counts, "agents": entries}
+    conditions = set_condition(previous_status.get("conditions"), "Healthy", *healthy_condition(latest, rows), now)
+    rollout = rollout_view(await store.stack_rollout(stack_id), latest, rows)
+    if rollout is None:
+        status["rollout"] = None
+        conditions = set_condition(conditions, "RolloutHalted", None)
+    else:
+        status["rollout"] = rollout.status()
+        conditions = set_condition(conditions, "RolloutHalted", *rollout_halted(rollout), now)
+    status["conditions"] = conditions
+    return status
+
+
+def overall_health(healths: list[str]) -> str:
+    """One health for several agents: Degraded if any is, Healthy if all are, else Progressing (Unknown: none)."""
+    if not healths:
+        return HEALTH_UNKNOWN
+    if HEALTH_DEGRADED in healths:
+        return HEALTH_DEGRADED
+    if all(h == HEALTH_HEALTHY for h in healths):
+        return HEALTH_HEALTHY
+    return HEALTH_PROGRESSING
+
+
+def rollout_halted(rollout: RolloutView) -> tuple[str, str, str]:
+    """(status, reason, message) of a Stack's RolloutHalted condition."""
+    progress = f"sequence {rollout.sequence_id} released to {rollout.released}/{rollout.total} agents," \
+               f" {rollout.healthy} healthy"
+    if rollout.halted_by is not None:
+        row = rollout.halted_by
+        return "True", "AgentDegraded", (f"agent {row.agent_name} in cluster {row.cluster_name} is Degraded on"
+                                         f" sequence {rollout.sequence_id} ({unhealthy_message(row)}); {progress}")
+    if rollout.paused:
+        return "True", "Paused", f"spec.rollout.pause is true; {progress}"
+    if rollout.released == rollout.total:
+        return "False", "Released", progress
+    return "False", "RollingOut", progress
 
 
 async def delete_stack(store: Store, body: Mapping[str, Any]) -> None:
@@ -164,7 +209,7 @@ async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, clus
     """`stackId`, `targetId`, `agent` and `deployment` of a named AgentTarget's status (reads only)."""
     agent = await store.agent_by_name(agent_name, cluster_name)
     status: dict[str, Any] = {"stackId": str(stack_id), "targetId": None, "agent": agent_target_agent_status(agent),
-                              "deployment": None}
+                              "deployment": None, "health": HEALTH_UNKNOWN, "unhealthy": None}
     latest = await store.latest_deployment_object(stack_id)
     rows = await store.target_rows(stack_id, agent_name, cluster_name)
     if rows:
@@ -176,6 +221,10 @@ async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, clus
             deployment["lastEventTime"] = rfc3339(rows[0].event_time)
         status["deployment"] = deployment
         status["targetId"] = str(rows[0].target_id)
+        health, unhealthy = health_of(rows[0], sequence_id)
+        status["health"], status["unhealthy"] = health, unhealthy or None
+        if unhealthy:
+            deployment["healthMessage"] = first_problem(unhealthy)
     return status
 
 
@@ -192,7 +241,7 @@ async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
     owned = {(s, a, c) for s, a, c in await store.owned_targets(_uid(body))}
     if stack_id is None:
         status: dict[str, Any] = {"targetId": None, "stackId": None, "deployment": None, "agents": None,
-                                  "selectedAgents": len(selected), "agent": None}
+                                  "selectedAgents": len(selected), "agent": None, "health": None, "unhealthy": None}
         if target.agent is not None:
             status["agent"] = agent_target_agent_status(await store.agent_by_name(*target.agent))
         message = f"Stack {target.namespace}/{target.stack_name} does not exist; waiting for it"
@@ -211,7 +260,8 @@ async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
         _counts, entries = agents_status(latest, [r for r in rows if (r.agent_name, r.cluster_name) in set(selected)],
                                          (body.get("status") or {}).get("agents"), now_rfc3339())
         status = {"stackId": str(stack_id), "targetId": None, "agent": None, "deployment": None,
-                  "selectedAgents": len(selected), "agents": entries}
+                  "selectedAgents": len(selected), "agents": entries,
+                  "health": overall_health([e["health"] for e in entries]), "unhealthy": None}
         message = f"selects {len(selected)} agents"
     if unbound or stale:
         return Result(retrying_outcome("Binding", f"binding to Stack {target.namespace}/{target.stack_name}"), status,

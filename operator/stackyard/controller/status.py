@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from ..protocol import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_UNKNOWN
 from ..store import Agent, DeploymentObject, TargetRow
 from ..store.store import EventRow
 
@@ -37,6 +38,8 @@ def target_state(latest: DeploymentObject | None, row: TargetRow) -> tuple[str, 
         return "Pending", None, "no deployment object yet"
     if row.agent_id is None:
         return "Pending", None, f"agent {row.agent_name!r} in cluster {row.cluster_name!r} is not registered"
+    held = (row.released_sequence is not None and row.released_sequence < latest.sequence_id
+            and not latest.is_deletion_marker)
     on_latest = row.event_sequence_id == latest.sequence_id
     if latest.is_deletion_marker:
         if on_latest and row.event_status == "SUCCESS":
@@ -46,7 +49,44 @@ def target_state(latest: DeploymentObject | None, row: TargetRow) -> tuple[str, 
         return "Applied", latest.sequence_id, row.event_message or "applied"
     if on_latest and row.event_status == "FAILURE":
         return "Failed", latest.sequence_id, row.event_message or "apply failed"
+    if held:
+        return "Pending", row.event_sequence_id, (f"held by the rollout: sequence {latest.sequence_id} is not released"
+                                                  " to this agent yet")
     return "Pending", row.event_sequence_id, f"waiting for the agent to apply sequence {latest.sequence_id}"
+
+
+def health_of(row: TargetRow, sequence_id: int | None) -> tuple[str, list[dict[str, Any]]]:
+    """The health an agent reported for one version of the stack, and its first unhealthy objects."""
+    if sequence_id is None or row.health_sequence_id != sequence_id or not row.health_details:
+        return HEALTH_UNKNOWN, []
+    details = row.health_details
+    return str(details.get("health") or HEALTH_UNKNOWN), list(details.get("unhealthy") or [])
+
+
+def first_problem(unhealthy: Sequence[Mapping[str, Any]]) -> str:
+    if not unhealthy:
+        return ""
+    return _truncate(f"{unhealthy[0].get('object')}: {unhealthy[0].get('message') or unhealthy[0].get('status')}")
+
+
+def healthy_condition(latest: DeploymentObject | None, rows: Sequence[TargetRow]) -> tuple[str, str, str]:
+    """(status, reason, message) of a Stack's Healthy condition: every targeted agent reports the current version
+    healthy."""
+    if latest is None:
+        return "Unknown", "NoVersion", "no deployment object yet"
+    if latest.is_deletion_marker:
+        return "Unknown", "Deleting", "the stack is being deleted"
+    if not rows:
+        return "Unknown", "NoTargets", "no agent is targeted"
+    healths = [(row, *health_of(row, latest.sequence_id)) for row in rows]
+    healthy = sum(1 for _, h, _ in healths if h == HEALTH_HEALTHY)
+    if healthy == len(rows):
+        return "True", "AllHealthy", f"{healthy}/{len(rows)} agents report sequence {latest.sequence_id} healthy"
+    for row, health, unhealthy in healths:
+        if health == HEALTH_DEGRADED:
+            return "False", "Degraded", _truncate(f"agent {row.agent_name} in cluster {row.cluster_name} reports"
+                                                  f" sequence {latest.sequence_id} Degraded: {first_problem(unhealthy)}")
+    return "False", "Progressing", f"{healthy}/{len(rows)} agents report sequence {latest.sequence_id} healthy"
 
 
 def _truncate(text: str) -> str:
@@ -63,10 +103,13 @@ def agents_status(
     before = {
         (p.get("agentName"), p.get("clusterName")): p for p in previous or () if isinstance(p, Mapping)
     }
-    counts = {"total": len(rows), "applied": 0, "failed": 0, "pending": 0}
+    counts = {"total": len(rows), "applied": 0, "failed": 0, "pending": 0, "healthy": 0}
     entries = []
     for row in rows:
         state, sequence_id, message = target_state(latest, row)
+        health, unhealthy = health_of(row, sequence_id)
+        if latest is not None and health_of(row, latest.sequence_id)[0] == HEALTH_HEALTHY:
+            counts["healthy"] += 1
         if state == "Applied":
             counts["applied"] += 1
         elif state == "Failed":
@@ -81,13 +124,16 @@ def agents_status(
             "state": state,
             "message": _truncate(message),
             "lastTransitionTime": old.get("lastTransitionTime", now) if unchanged else now,
+            "health": health,
         }
         if sequence_id is not None:
             entry["sequenceId"] = sequence_id
+        if unhealthy:
+            entry["healthMessage"] = first_problem(unhealthy)
         entries.append(entry)
-    # Failed first, then Pending/Deleting, then Applied: the ones people need to see survive the bound.
+    # Failed first, then Degraded, Pending/Deleting, then Applied: the ones people need to see survive the bound.
     order = {"Failed": 0, "Deleting": 1, "Pending": 2, "Applied": 3}
-    entries.sort(key=lambda e: (order[e["state"]], e["agentName"], e["clusterName"]))
+    entries.sort(key=lambda e: (order[e["state"]], e["health"] != HEALTH_DEGRADED, e["agentName"], e["clusterName"]))
     return counts, entries[:MAX_AGENTS_IN_STATUS]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -114,6 +114,9 @@ class TargetRow:
     event_time: datetime | None
     event_sequence_id: int | None
     target_id: uuid.UUID | None = None
+    released_sequence: int | None = None  # None: follows the latest version (no staged rollout)
+    health_details: Mapping[str, Any] | None = None  # the agent's latest HEALTH summary on this stack
+    health_sequence_id: int | None = None  # the version that summary is about
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class EventIn:
     event_type: str
     status: str
     message: str
+    details: Mapping[str, Any] | None = None
 
 
 _DO_COLUMNS = "id, stack_id, sequence_id, yaml_checksum, submitted_at, is_deletion_marker, yaml_content"
@@ -190,11 +194,49 @@ class Store:
         labels: Iterable[str],
         annotations: Mapping[str, str],
         yaml_content: str,
+        rollout: Mapping[str, Any] | None = None,
     ) -> EmitResult:
-        """`upsert_stack` and `emit_deployment_object` in one transaction (one reconcile, one round of locks)."""
+        """`upsert_stack` and `emit_deployment_object` in one transaction (one reconcile, one round of locks).
+
+        With a `rollout` policy, targets that follow the latest version are pinned to the current one first,
+        so a new version reaches them only when the operator releases it (`advance_rollout`). Without one,
+        every target follows the latest version again.
+        """
         async with self.pool.connection() as conn, conn.transaction():
             await _upsert_stack(conn, stack_id, name, description, labels, annotations)
+            await _set_rollout(conn, stack_id, rollout)
             return await _emit(conn, stack_id, yaml_content)
+
+    async def stack_rollout(self, stack_id: uuid.UUID) -> Mapping[str, Any] | None:
+        """The stack's stored rollout policy (None: no staged rollout)."""
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute("SELECT rollout FROM stacks WHERE id = %s", (stack_id,))).fetchone()
+            return row[0] if row else None
+
+    async def advance_rollout(
+        self,
+        stack_id: uuid.UUID,
+        decide: Callable[[Mapping[str, Any] | None, DeploymentObject | None, list[TargetRow]], list[tuple[str, str]]],
+    ) -> list[tuple[str, str]]:
+        """Release the latest version to the targets `decide` picks from the policy, the latest version and the
+        target rows, all read and written in one transaction with the stack row locked (no double release)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                "SELECT rollout FROM stacks WHERE id = %s AND deleted_at IS NULL FOR UPDATE", (stack_id,))).fetchone()
+            if row is None or row[0] is None:
+                return []
+            latest = await (await conn.cursor(row_factory=class_row(DeploymentObject)).execute(
+                _LATEST_SQL, (stack_id,))).fetchone()
+            rows = await (await conn.cursor(row_factory=class_row(TargetRow)).execute(
+                TARGET_ROWS_SQL, (stack_id, None, None, None, None))).fetchall()
+            pairs = decide(row[0], latest, rows)
+            if pairs and latest is not None:
+                await conn.execute(
+                    "UPDATE agent_targets SET released_sequence = %s WHERE stack_id = %s"
+                    " AND (agent_name, cluster_name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+                    " AND released_sequence < %s",
+                    (latest.sequence_id, stack_id, [a for a, _ in pairs], [c for _, c in pairs], latest.sequence_id))
+            return pairs
 
     async def emit_deployment_object(self, stack_id: uuid.UUID, yaml_content: str) -> EmitResult:
         """Insert a deployment object unless the stack's latest one has the same checksum.
@@ -496,9 +538,10 @@ class Store:
             async with conn.cursor() as cur:
                 for event in events:
                     await cur.execute(
-                        "INSERT INTO agent_events (agent_id, deployment_object_id, event_type, status, message)"
-                        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                        (agent.id, event.deployment_object_id, event.event_type, event.status, event.message),
+                        "INSERT INTO agent_events (agent_id, deployment_object_id, event_type, status, message, details)"
+                        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                        (agent.id, event.deployment_object_id, event.event_type, event.status, event.message,
+                         Jsonb(dict(event.details)) if event.details is not None else None),
                     )
                     inserted = await cur.fetchone()
                     assert inserted is not None  # INSERT ... RETURNING always returns the row
@@ -513,6 +556,14 @@ _LATEST_SQL = (
     " WHERE stack_id = %s AND deleted_at IS NULL ORDER BY sequence_id DESC LIMIT 1"
 )
 
+# The version released to each target (agent_targets.released_sequence; NULL: the latest), and the deletion
+# marker whatever was released: a deleted stack leaves every agent.
+_RELEASED = """
+         WHERE stack_id = s.id AND deleted_at IS NULL
+           AND (t.released_sequence IS NULL OR sequence_id <= t.released_sequence OR is_deletion_marker)
+         ORDER BY sequence_id DESC
+         LIMIT 1) d"""
+
 DESIRED_STATE_SQL = """
 SELECT s.id AS stack_id, s.name AS stack_name, s.deleted_at IS NOT NULL AS stack_deleted,
        d.id AS deployment_object_id, d.sequence_id, d.yaml_checksum, d.yaml_content, d.is_deletion_marker
@@ -520,10 +571,7 @@ SELECT s.id AS stack_id, s.name AS stack_name, s.deleted_at IS NOT NULL AS stack
   JOIN stacks s ON s.id = t.stack_id
   CROSS JOIN LATERAL (
         SELECT id, sequence_id, yaml_checksum, yaml_content, is_deletion_marker
-          FROM deployment_objects
-         WHERE stack_id = s.id AND deleted_at IS NULL
-         ORDER BY sequence_id DESC
-         LIMIT 1) d
+          FROM deployment_objects""" + _RELEASED + """
  WHERE t.agent_name = %s AND t.cluster_name = %s
  ORDER BY s.name, s.id
 """
@@ -533,10 +581,7 @@ SELECT s.id, d.id
   FROM agent_targets t
   JOIN stacks s ON s.id = t.stack_id
   CROSS JOIN LATERAL (
-        SELECT id FROM deployment_objects
-         WHERE stack_id = s.id AND deleted_at IS NULL
-         ORDER BY sequence_id DESC
-         LIMIT 1) d
+        SELECT id FROM deployment_objects""" + _RELEASED + """
  WHERE t.agent_name = %s AND t.cluster_name = %s
  ORDER BY s.name, s.id
 """
@@ -544,7 +589,8 @@ SELECT s.id, d.id
 TARGET_ROWS_SQL = """
 SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS agent_status, a.last_heartbeat,
        e.status AS event_status, e.message AS event_message, e.created_at AS event_time,
-       e.sequence_id AS event_sequence_id, t.id AS target_id
+       e.sequence_id AS event_sequence_id, t.id AS target_id, t.released_sequence,
+       h.details AS health_details, h.sequence_id AS health_sequence_id
   FROM agent_targets t
   LEFT JOIN agents a
          ON a.name = t.agent_name AND a.cluster_name = t.cluster_name AND a.deleted_at IS NULL
@@ -553,8 +599,17 @@ SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS a
           FROM agent_events ev
           JOIN deployment_objects d ON d.id = ev.deployment_object_id
          WHERE ev.agent_id = a.id AND d.stack_id = t.stack_id AND ev.deleted_at IS NULL
+           AND ev.event_type NOT IN ('HEALTH', 'DRIFT')
          ORDER BY ev.created_at DESC
          LIMIT 1) e ON true
+  LEFT JOIN LATERAL (
+        SELECT ev.details, d.sequence_id
+          FROM agent_events ev
+          JOIN deployment_objects d ON d.id = ev.deployment_object_id
+         WHERE ev.agent_id = a.id AND d.stack_id = t.stack_id AND ev.deleted_at IS NULL
+           AND ev.event_type = 'HEALTH'
+         ORDER BY ev.created_at DESC
+         LIMIT 1) h ON true
  WHERE t.stack_id = %s
    AND (%s::text IS NULL OR t.agent_name = %s)
    AND (%s::text IS NULL OR t.cluster_name = %s)
@@ -622,6 +677,20 @@ async def _upsert_stack(
         (stack_id, name, description),
     )
     await _replace_metadata(conn, stack_id, labels, annotations)
+
+
+async def _set_rollout(conn: psycopg.AsyncConnection[Any], stack_id: uuid.UUID,
+                       rollout: Mapping[str, Any] | None) -> None:
+    await conn.execute("UPDATE stacks SET rollout = %s WHERE id = %s",
+                       (Jsonb(dict(rollout)) if rollout is not None else None, stack_id))
+    if rollout is None:
+        await conn.execute("UPDATE agent_targets SET released_sequence = NULL"
+                           " WHERE stack_id = %s AND released_sequence IS NOT NULL", (stack_id,))
+    else:
+        await conn.execute(
+            "UPDATE agent_targets SET released_sequence = (SELECT coalesce(max(sequence_id), 0) FROM deployment_objects"
+            "  WHERE stack_id = %s AND deleted_at IS NULL AND NOT is_deletion_marker)"
+            " WHERE stack_id = %s AND released_sequence IS NULL", (stack_id, stack_id))
 
 
 async def _emit(conn: psycopg.AsyncConnection, stack_id: uuid.UUID, yaml_content: str) -> EmitResult:
