@@ -88,4 +88,12 @@ class AgentMetrics:
         self.last_sync_timestamp_seconds = Gauge(
             "stackyard_agent_last_sync_timestamp_seconds", "Unix time of the last completed sync cycle.", registry=r
         )
+        self.drift_corrections_total = Counter(
+            "stackyard_agent_drift_corrections",
+            "Objects another field manager changed, reported as Drifted and applied again, by kind.", ["kind"],
+            registry=r,
+        )
+        self.health_checks_total = Counter(
+            "stackyard_agent_health_checks", "Health checks of a stack's objects (one GET per object).", registry=r
+        )
 

@@ -6,7 +6,10 @@ with its deployment object; a per-stack inventory ConfigMap in the agent's
 namespace; pruning only what an inventory lists, never an object that a live
 stack's current version claims; failures retried with capped exponential
 backoff, one event per deployment object per attempt; periodic re-apply
-against drift. No broker error, cluster error or bad YAML ends the loop.
+against drift, reporting what another field manager changed (DRIFT events);
+the health of each applied stack by kstatus' rules, polled with backoff until
+healthy and reported only when it changes (HEALTH events). No broker error,
+cluster error or bad YAML ends the loop.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Any
 
 from ..backoff import Backoff
 from ..kube import CALL_ERRORS, Kube, Ref, describe
-from ..protocol import WireStack, apply_rank, stacks_of
+from ..protocol import DRIFT_EVENT, HEALTH_EVENT, HEALTH_HEALTHY, MAX_DRIFTED_IN_EVENT, WireStack, apply_rank, stacks_of
 from ..metrics import AgentMetrics
 from .broker import BrokerClient, BrokerError
+from .drift import drift
+from .health import object_health, stack_health
 from .manifests import INVENTORY_LABEL, BadManifest, Inventory, ObjectRef, decorate, inventory_name, ref_of, refs
 from .planner import Apply, Deletion, plan
 
@@ -45,6 +50,7 @@ class AgentSettings:
     retry_max: float = 60.0
     crd_timeout: float = 60.0
     deletion_grace: float = 10.0
+    health_poll_max: float = 30.0  # longest wait between health checks of a stack that is not healthy yet
 
 
 @dataclass
@@ -63,6 +69,9 @@ class StackAgent:
     outbox: list[dict[str, Any]] = field(default_factory=list)
     last_full_apply: float = field(default_factory=time.monotonic)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    health_due: dict[str, float] = field(default_factory=dict)  # deployment object -> next check (monotonic)
+    health_backoffs: dict[str, Backoff] = field(default_factory=dict)
+    reported_health: dict[str, dict[str, Any]] = field(default_factory=dict)  # deployment object -> last summary
 
     # The loop ------------------------------------------------------------------
 
@@ -115,7 +124,7 @@ class StackAgent:
         now = time.monotonic()
         due = [b.next_at for b in self.backoffs.values() if b.attempts] + [
             self.last_full_apply + self.settings.resync_interval
-        ] + [since + self.settings.deletion_grace for since in self.dead_since.values()]
+        ] + [since + self.settings.deletion_grace for since in self.dead_since.values()] + list(self.health_due.values())
         return max(0, min(self.settings.poll_wait, int(min(due) - now)))
 
     # One cycle ------------------------------------------------------------------
@@ -125,7 +134,7 @@ class StackAgent:
         started = time.monotonic()
         drift_due = started - self.last_full_apply >= self.settings.resync_interval
         decided = plan(self.desired, await self._inventories(), started, self.dead_since, self.backoffs,
-                       self.reported_markers, self.settings.deletion_grace, drift_due)
+                       self.reported_markers, self.settings.deletion_grace, drift_due, self.health_due)
         for deletion in decided.deletions:  # deletions before applies
             await self._delete_dead_stack(deletion)
         for marker in decided.nothing_to_remove:
@@ -133,6 +142,9 @@ class StackAgent:
             self.reported_markers.add(marker.deployment_object_id)
         for apply in decided.applies:
             await self._apply_stack(apply)
+        for stack, objects in decided.health_checks:
+            await self._check_health(stack, objects)
+        self._forget_health(s.deployment_object_id for s in self.desired)
         if drift_due:
             self.last_full_apply = time.monotonic()
         await self._flush_events()
@@ -178,8 +190,11 @@ class StackAgent:
             old_refs = inventory.objects if inventory else frozenset()
             await self._write_inventory(stack, old_refs | new_refs, applied=False)
             pruned = await self._delete_objects(apply.prune)
+            drifted = []
             for obj in objects:
-                await self._apply_object(stack, obj)
+                found = await self._apply_object(stack, obj, compare=apply.repair)
+                if found is not None:
+                    drifted.append(found)
                 if obj["kind"] == "CustomResourceDefinition":
                     await self._wait_established(obj)
             await self._write_inventory(stack, new_refs, applied=True)
@@ -190,10 +205,76 @@ class StackAgent:
             self._failed(stack, ApplyFailed(f"inventory: {describe(exc)}"))
             return
         self.backoffs.pop(stack.deployment_object_id, None)
+        if drifted:
+            self._report_drift(stack, drifted)
+        if apply.repair:
+            return  # a drift repair of a version already reported applied: no new APPLY event
         self.metrics.applies_total.labels("success").inc()
         message = f"applied {len(objects)} objects" + (f", pruned {pruned}" if pruned else "")
         log.info("stack %s sequence %d: %s", stack.stack_name, stack.sequence_id, message)
         self._event(stack, "APPLY", "SUCCESS", message)
+        self.health_due.pop(stack.deployment_object_id, None)
+        self.health_backoffs.pop(stack.deployment_object_id, None)
+        await self._check_health(stack, objects)
+
+    def _report_drift(self, stack: WireStack, drifted: list[dict[str, Any]]) -> None:
+        for entry in drifted:
+            self.metrics.drift_corrections_total.labels(entry["kind"]).inc()
+        described = "; ".join(f"{d['object']} ({', '.join(d['fields'][:3])}) by {', '.join(d['managers'])}"
+                              for d in drifted[:3])
+        message = f"Drifted: {len(drifted)} objects changed by another field manager, applied again: {described}"
+        log.info("stack %s sequence %d: %s", stack.stack_name, stack.sequence_id, message)
+        details = {"drifted": [{"object": d["object"], "managers": d["managers"][:10], "fields": d["fields"][:20]}
+                               for d in drifted[:MAX_DRIFTED_IN_EVENT]]}
+        self._event(stack, DRIFT_EVENT, "SUCCESS", message, details)
+
+    # Health ------------------------------------------------------------------------------
+
+    async def _check_health(self, stack: WireStack, objects: list[dict[str, Any]]) -> None:
+        """Read the stack's objects, fold kstatus' rules into one health, report it when it changed."""
+        do_id = stack.deployment_object_id
+        results = []
+        self.metrics.health_checks_total.inc()
+        try:
+            for obj in objects:
+                ref = ref_of(obj)
+                resource = await self.kube.resource(ref.api_version, ref.kind)
+                namespace = (ref.namespace or self.settings.default_namespace) if resource.namespaced else None
+                live = await self.kube.get(Ref(ref.api_version, ref.kind, ref.name, namespace))
+                results.append((f"{ref.api_version}/{ref}", object_health(live)))
+        except CALL_ERRORS as exc:
+            log.info("health of stack %s: cannot read its objects (%s); will check again", stack.stack_name,
+                     describe(exc))
+            self._schedule_health(do_id, healthy=False)
+            return
+        summary = stack_health(results)
+        if summary != self.reported_health.get(do_id):
+            before = (self.reported_health.get(do_id) or {}).get("health")
+            self.reported_health[do_id] = summary
+            current = len(results) - sum(1 for _, h in results if h.status != "Current")
+            first = summary["unhealthy"][0] if summary["unhealthy"] else None
+            message = f"{summary['health']}: {current}/{len(results)} objects current" + (
+                f"; {first['object']}: {first['message']}" if first else "")
+            if before != summary["health"]:
+                log.info("stack %s sequence %d: %s", stack.stack_name, stack.sequence_id, message)
+            self._event(stack, HEALTH_EVENT, "SUCCESS" if summary["health"] == HEALTH_HEALTHY else "FAILURE",
+                        message, summary)
+        self._schedule_health(do_id, healthy=summary["health"] == HEALTH_HEALTHY)
+
+    def _schedule_health(self, do_id: str, healthy: bool) -> None:
+        """Healthy: check again at the drift interval. Not yet: again soon, backing off to health_poll_max."""
+        if healthy:
+            self.health_backoffs.pop(do_id, None)
+            self.health_due[do_id] = time.monotonic() + self.settings.resync_interval
+            return
+        backoff = self.health_backoffs.setdefault(do_id, Backoff(self.settings.retry_base, self.settings.health_poll_max))
+        self.health_due[do_id] = time.monotonic() + backoff.next_delay()
+
+    def _forget_health(self, desired: Any) -> None:
+        keep = set(desired)
+        for table in (self.health_due, self.health_backoffs, self.reported_health):
+            for do_id in [d for d in table if d not in keep]:
+                del table[do_id]
 
     def _failed(self, stack: WireStack, exc: Exception) -> None:
         backoff = self.backoffs.setdefault(stack.deployment_object_id,
@@ -206,17 +287,25 @@ class StackAgent:
 
     # Kubernetes ---------------------------------------------------------------------
 
-    async def _apply_object(self, stack: WireStack, obj: dict[str, Any]) -> None:
+    async def _apply_object(self, stack: WireStack, obj: dict[str, Any], compare: bool = False) -> dict[str, Any] | None:
+        """Apply one object; with `compare`, first read it and return its drift (None: none)."""
         ref = ref_of(obj)
+        found = None
         try:
             resource = await self.kube.resource(ref.api_version, ref.kind)
             body = decorate(obj, stack.stack_id, stack.deployment_object_id, stack.checksum)
             if resource.namespaced:
                 body["metadata"]["namespace"] = ref.namespace or self.settings.default_namespace
+            if compare:
+                live = await self.kube.get(Ref(ref.api_version, ref.kind, ref.name, body["metadata"].get("namespace")))
+                changed = drift(body, live, FIELD_MANAGER)
+                if changed is not None:
+                    found = {"object": f"{ref.api_version}/{ref}", "kind": ref.kind, **changed}
             await self.kube.apply(body, FIELD_MANAGER)
         except CALL_ERRORS as exc:
             raise ApplyFailed(f"{ref}: {describe(exc)}") from None
         self.metrics.objects_applied_total.inc()
+        return found
 
     async def _delete_objects(self, doomed: frozenset[ObjectRef] | set[ObjectRef]) -> int:
         """Delete objects (reverse of apply order); returns how many existed."""
@@ -259,9 +348,13 @@ class StackAgent:
 
     # Events ---------------------------------------------------------------------------
 
-    def _event(self, stack: WireStack, event_type: str, status: str, message: str) -> None:
-        self.outbox.append({"deploymentObjectId": stack.deployment_object_id, "eventType": event_type,
-                            "status": status, "message": message[:4000]})
+    def _event(self, stack: WireStack, event_type: str, status: str, message: str,
+               details: dict[str, Any] | None = None) -> None:
+        event: dict[str, Any] = {"deploymentObjectId": stack.deployment_object_id, "eventType": event_type,
+                                 "status": status, "message": message[:4000]}
+        if details is not None:
+            event["details"] = details
+        self.outbox.append(event)
         del self.outbox[:-1000]  # bounded while the broker is unreachable
 
     async def _flush_events(self) -> None:

@@ -9,7 +9,9 @@ Rules (docs/architecture.md, "Agent"):
   before its objects go.
 - Deletions are carried out before applies.
 - A stack already applied at its deployment object is not applied again until a drift repair is
-  due; a failed one waits for its backoff.
+  due (then its objects are compared first, to report drift); a failed one waits for its backoff.
+- The health of an applied stack is checked when its check is due (right after an apply, then with
+  backoff while it is not healthy, and at the drift interval once it is).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Apply:
     objects: list[dict[str, Any]] | BadManifest
     inventory: Inventory | None
     prune: frozenset[ObjectRef]
+    repair: bool = False  # already applied at this version: a drift repair (compare before applying)
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Plan:
     applies: list[Apply] = field(default_factory=list)
     # Deletion markers of stacks this agent never applied: reported once as done, nothing to remove.
     nothing_to_remove: list[WireStack] = field(default_factory=list)
+    # Applied stacks whose health check is due (stacks applied in this cycle are checked after their apply).
+    health_checks: list[tuple[WireStack, list[dict[str, Any]]]] = field(default_factory=list)
 
 
 def plan(
@@ -60,6 +65,7 @@ def plan(
     reported_markers: set[str],
     deletion_grace: float,
     drift_due: bool,
+    health_due: Mapping[str, float] | None = None,
 ) -> Plan:
     """What one sync cycle does. Updates `dead_since` (when each dead stack was first seen dead)."""
     live = {s.stack_id: s for s in desired if not s.is_deletion_marker}
@@ -96,11 +102,14 @@ def plan(
         done = (inventory is not None and inventory.deployment_object_id == stack.deployment_object_id
                 and inventory.applied)
         if done and not drift_due:
+            due = (health_due or {}).get(stack.deployment_object_id, now)
+            if due <= now and not isinstance(objects, BadManifest):
+                result.health_checks.append((stack, objects))
             continue
         backoff = backoffs.get(stack.deployment_object_id)
         if backoff is not None and backoff.waiting():
             continue
         old = inventory.objects if inventory else frozenset()
         new = frozenset() if isinstance(objects, BadManifest) else refs(objects)
-        result.applies.append(Apply(stack, objects, inventory, frozenset(old - new - claimed)))
+        result.applies.append(Apply(stack, objects, inventory, frozenset(old - new - claimed), repair=done))
     return result
