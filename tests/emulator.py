@@ -168,12 +168,12 @@ class Emulator(kmock.KubernetesEmulator):
         """Record the writer in metadata.managedFields, as the API server does for every write: one entry per
         (manager, operation, subresource), with the time of its last write. The field sets (fieldsV1) are not
         computed; stackyard reads only who wrote, and compares values itself."""
-        content_type = request.headers.get("Content-Type", "")
+        content_type = (getattr(request, "headers", None) or {}).get("Content-Type", "")
         operation = "Apply" if "apply-patch" in content_type else "Update"
-        manager = request.params.get("fieldManager") or "unknown"
+        manager = (getattr(request, "params", None) or {}).get("fieldManager") or "unknown"
         if current is not None and operation == "Update" and obj == current:
             return
-        subresource = request.subresource
+        subresource = getattr(request, "subresource", None)
         entries = [e for e in obj["metadata"].get("managedFields") or ()
                    if (e.get("manager"), e.get("operation"), e.get("subresource")) != (manager, operation, subresource)]
         entry = {"manager": manager, "operation": operation, "apiVersion": obj.get("apiVersion"), "time": self._now(),

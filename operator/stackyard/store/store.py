@@ -636,11 +636,13 @@ async def _bind(
     try:
         inserted = await (
             await conn.execute(
-                "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name, namespace)"
-                " VALUES (%s, %s, %s, %s, %s)"
+                "INSERT INTO agent_targets (id, stack_id, agent_name, cluster_name, namespace, released_sequence)"
+                # a stack with a staged rollout releases to a new target too (advance_rollout): nothing yet
+                " VALUES (%s, %s, %s, %s, %s,"
+                "         (SELECT CASE WHEN rollout IS NULL THEN NULL ELSE 0 END FROM stacks WHERE id = %s))"
                 # an existing binding (ours, or another AgentTarget's) is kept as it is: no write, no NOTIFY
                 " ON CONFLICT (stack_id, agent_name, cluster_name) DO NOTHING RETURNING id",
-                (row_id, stack_id, agent_name, cluster_name, namespace),
+                (row_id, stack_id, agent_name, cluster_name, namespace, stack_id),
             )
         ).fetchone()
     except psycopg.errors.InsufficientPrivilege as exc:
