@@ -98,6 +98,11 @@ async def test_bad_bodies_get_4xx_never_500(api, http, db):
         (json.dumps({"events": [{**good_event, "message": "m" * 5000}]}).encode(), 400),
         (json.dumps({"events": [good_event] * 101}).encode(), 400),
         (json.dumps({"events": [good_event], "extra": 1}).encode(), 400),
+        (json.dumps({"events": [{**good_event, "details": {"health": "Fine"}}]}).encode(), 400),
+        (json.dumps({"events": [{**good_event, "details": {"health": "Healthy", "extra": 1}}]}).encode(), 400),
+        (json.dumps({"events": [{**good_event, "details": {"unhealthy": [{"object": "o", "status": "Failed"}] * 6}}]}
+                    ).encode(), 400),
+        (json.dumps({"events": [{**good_event, "details": {"counts": {"Broken": 1}}}]}).encode(), 400),
         (json.dumps({"events": [{**good_event, "deploymentObjectId": "00000000-0000-0000-0000-000000000000"}]}).encode(), 404),
         (b"x" * (2 * 1024 * 1024), 413),
     ]
@@ -196,3 +201,16 @@ async def test_health_readiness_and_metrics(api, http):
     assert status == 200
     assert 'stackyard_api_requests_total{code="401",method="GET",route="/api/v1/agents/self"}' in text
     assert "stackyard_db_pool_connections" in text
+
+
+async def test_health_details_are_stored_with_the_event(api, http, db):
+    _, token = await make_agent(api.store, "edge")
+    _, do = await make_stack(api.store, "ns/s", targets=[("edge", "eu-1")])
+    details = {"health": "Degraded", "counts": {"Current": 2, "Failed": 1},
+               "unhealthy": [{"object": "apps/v1/Deployment apps/web", "status": "Failed",
+                              "message": "Progress deadline exceeded"}]}
+    status, _, _ = await call(http, "POST", f"{api.url}/api/v1/agents/self/events", token, json={"events": [
+        {"deploymentObjectId": str(do), "eventType": "HEALTH", "status": "FAILURE", "message": "Degraded",
+         "details": details}]})
+    assert status == 200
+    assert db.execute("SELECT details FROM agent_events WHERE event_type = 'HEALTH'").fetchone()[0] == details

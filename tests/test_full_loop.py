@@ -49,7 +49,8 @@ async def test_full_loop(api, cluster, target, tmp_path, db):
         assert a["metadata"]["annotations"]["stackyard.dev/checksum"] == stack["status"]["deploymentObject"]["checksum"]
         assert a["metadata"]["annotations"]["stackyard.dev/deployment-object-id"] == stack["status"]["deploymentObject"]["id"]
         assert await target_view.client.get_or_none(NAMESPACES.path(None, "apps")) is not None
-        assert stack["status"]["targets"] == {"total": 1, "applied": 1, "failed": 0, "pending": 0, "healthy": 1}
+        assert stack["status"]["targets"] == {"total": 1, "applied": 1, "failed": 0, "pending": 0, "healthy": 1, "progressing": 0,
+                                                   "degraded": 0}
 
         async def agent_active():
             return (await cluster.get(AGENTS, "edge"))["status"].get("phase") == "Active"

@@ -55,6 +55,7 @@ SCHEMA_FORBIDS = {
         "matchExpressions": [{"key": "region", "operator": "In", "values": []}]}}),
     "selector-unknown-operator": target_obj("t8", {"stackRef": {"name": "web"}, "agentSelector": {
         "matchExpressions": [{"key": "region", "operator": "Near"}]}}),
+    "rollout-pause-not-boolean": stack_obj("s9", {"rollout": {"pause": "yes"}}),
 }
 
 # (object, the reason its Stalled condition carries)
@@ -72,6 +73,10 @@ OPERATOR_STALLS = {
     "empty-apiversion": (
         stack_obj("empty-apiversion", {"resources": [{"apiVersion": "/", "kind": "ConfigMap", "metadata": {"name": "a"}}]}),
         "InvalidResource",
+    ),
+    "rollout-max-unavailable-zero": (stack_obj("rollout-zero", {"rollout": {"maxUnavailable": 0}}), "InvalidRollout"),
+    "rollout-max-unavailable-over-100-percent": (
+        stack_obj("rollout-150", {"rollout": {"maxUnavailable": "150%"}}), "InvalidRollout",
     ),
     "agent-name-taken": (agent_obj("edge-copy", {"clusterName": "eu-1", "agentName": "edge"}), "AgentNameConflict"),
     "agent-of-another-namespace": (

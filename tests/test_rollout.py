@@ -90,6 +90,8 @@ async def test_a_new_version_reaches_agents_only_as_fast_as_they_report_it_healt
         assert "edge-0" in condition(halted, "RolloutHalted")["message"]
         assert halted["status"]["rollout"]["released"] == 2
         assert await released(v2, 2), "a Degraded agent halts the rollout"
+        await eventually(lambda: _metric(operator, "stackyard_rollout_halted", 1.0))
+        await eventually(lambda: _metric(operator, "stackyard_stack_targets", 1.0, {"health": "Degraded"}))
 
         await agents[0].report("Healthy")  # it recovers: the rollout goes on
         await eventually(lambda: released(v2, 4))
@@ -113,6 +115,8 @@ async def test_a_new_version_reaches_agents_only_as_fast_as_they_report_it_healt
         done = await eventually(lambda: _stack_healthy(cluster))
         assert condition(done, "RolloutHalted")["status"] == "False" and condition(done, "RolloutHalted")["reason"] == "Released"
         assert done["status"]["targets"]["healthy"] == 10
+        await eventually(lambda: _metric(operator, "stackyard_stack_targets", 10.0, {"health": "Healthy"}))
+        await eventually(lambda: _metric(operator, "stackyard_rollout_halted", 0.0))
     finally:
         for agent in agents:
             await agent.broker.close()
@@ -137,3 +141,7 @@ async def _rollout(cluster, halted: bool, healthy: int):
     if condition_ is None or (condition_["status"] == "True") != halted or rollout.get("healthy") != healthy:
         return None
     return obj
+
+
+async def _metric(operator, name: str, value: float, labels: dict | None = None) -> bool:
+    return operator.metrics.registry.get_sample_value(name, labels or {}) == value

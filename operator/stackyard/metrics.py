@@ -7,6 +7,9 @@ kinds, results, routes and codes, never a resource or agent name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -34,6 +37,15 @@ class Metrics:
             "stackyard_deployment_objects_emitted", "Deployment objects inserted because a Stack changed.", registry=r
         )
         self.agents = Gauge("stackyard_agents", "Agents by phase.", ["phase"], registry=r)
+        self.stack_targets = Gauge(
+            "stackyard_stack_targets", "Targeted agents of every Stack by the health they report for its latest"
+            " version (Unknown: none reported yet).", ["health"], registry=r,
+        )
+        self.rollout_halted = Gauge(
+            "stackyard_rollout_halted", "Stacks whose staged rollout is halted (an agent Degraded, or paused).",
+            registry=r,
+        )
+        self._stacks: dict[str, tuple[dict[str, int], bool]] = {}
         self.status_mirror_lag_seconds = Histogram(
             "stackyard_status_mirror_lag_seconds",
             "Time from an agent's heartbeat or event reaching PostgreSQL to the custom resource status patch.",
@@ -58,6 +70,25 @@ class Metrics:
             "stackyard_retention_purged_rows", "Soft-deleted rows hard-deleted by retention, by table.", ["table"],
             registry=r,
         )
+
+    def observe_stack(self, stack_id: str, status: Mapping[str, Any]) -> None:
+        """Keep `stackyard_stack_targets{health}` and `stackyard_rollout_halted` current with one Stack's status."""
+        targets = status.get("targets") or {}
+        counts = {h: int(targets.get(h.lower()) or 0) for h in ("Healthy", "Progressing", "Degraded")}
+        counts["Unknown"] = max(0, int(targets.get("total") or 0) - sum(counts.values()))
+        halted = any(c.get("type") == "RolloutHalted" and c.get("status") == "True"
+                     for c in status.get("conditions") or () if isinstance(c, Mapping))
+        self._stacks[stack_id] = (counts, halted)
+        self._publish_stacks()
+
+    def forget_stack(self, stack_id: str) -> None:
+        self._stacks.pop(stack_id, None)
+        self._publish_stacks()
+
+    def _publish_stacks(self) -> None:
+        for health in ("Healthy", "Progressing", "Degraded", "Unknown"):
+            self.stack_targets.labels(health).set(sum(c[health] for c, _ in self._stacks.values()))
+        self.rollout_halted.set(sum(1 for _, halted in self._stacks.values() if halted))
 
     def observe_pool(self, stats: dict[str, int]) -> None:
         """Copy psycopg_pool's get_stats() into the pool gauges."""

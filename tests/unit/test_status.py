@@ -37,7 +37,7 @@ def test_agents_status_counts_and_lists_failures_first_and_keeps_transition_time
     latest = deployment_object(3)
     rows = [row("a", "SUCCESS", 3), row("b", "FAILURE", 3), row("c")]
     counts, entries = agents_status(latest, rows, None, "T1")
-    assert counts == {"total": 3, "applied": 1, "failed": 1, "pending": 1, "healthy": 0}
+    assert counts == {"total": 3, "applied": 1, "failed": 1, "pending": 1, "healthy": 0, "progressing": 0, "degraded": 0}
     assert [e["agentName"] for e in entries] == ["b", "c", "a"]
     _, again = agents_status(latest, rows, entries, "T2")
     assert {e["lastTransitionTime"] for e in again} == {"T1"}, "unchanged states keep their time"

@@ -250,6 +250,7 @@ async def stack_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, log
         result, created = await reconcile_stack(ctx.require_store(), body, now_rfc3339())
         if created:
             ctx.metrics.deployment_objects_emitted_total.inc()
+        ctx.metrics.observe_stack(body["metadata"]["uid"], result.status)
         if ctx.mirror is not None:
             # AgentTargets naming this Stack may be waiting for it (or for its new uid): the mirror binds them.
             # Kopf indexes an object before handling it, and this note follows the commit, so none is missed.
@@ -263,6 +264,7 @@ async def stack_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, r
     """Soft-delete: the database emits the deletion marker."""
     ctx: Context = memo.ctx
     await run_delete(ctx, "Stack", logger, retry, lambda: delete_stack(ctx.require_store(), body))
+    ctx.metrics.forget_stack(body["metadata"]["uid"])
     if ctx.mirror is not None:
         ctx.mirror.note_targets_of(body["metadata"]["namespace"], body["metadata"]["name"])
 
@@ -275,6 +277,7 @@ async def stack_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_:
     if not previous.get("stackId"):
         return
     status = await stack_status_patch(ctx.require_store(), uuid.UUID(previous["stackId"]), previous)
+    ctx.metrics.observe_stack(previous["stackId"], status or previous)
     if status is not None:
         patch.status.update(status)
         await report_failures(ctx.require_kube(), body, previous.get("agents"), status["agents"])

@@ -158,6 +158,7 @@ class Mirror:
             return
         previous = indexed["status"]
         status = await stack_status_patch(self.store, stack_id, previous)
+        self.metrics.observe_stack(str(stack_id), status or previous)
         if status is not None:
             await self._patch_status("Stack", indexed["namespace"], indexed["name"], status, at)
             await report_failures(self.kube(), indexed["ref"], previous.get("agents"), status["agents"])

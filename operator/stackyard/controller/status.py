@@ -103,13 +103,15 @@ def agents_status(
     before = {
         (p.get("agentName"), p.get("clusterName")): p for p in previous or () if isinstance(p, Mapping)
     }
-    counts = {"total": len(rows), "applied": 0, "failed": 0, "pending": 0, "healthy": 0}
+    counts = {"total": len(rows), "applied": 0, "failed": 0, "pending": 0, "healthy": 0, "progressing": 0,
+              "degraded": 0}
     entries = []
     for row in rows:
         state, sequence_id, message = target_state(latest, row)
         health, unhealthy = health_of(row, sequence_id)
-        if latest is not None and health_of(row, latest.sequence_id)[0] == HEALTH_HEALTHY:
-            counts["healthy"] += 1
+        on_latest = health_of(row, latest.sequence_id)[0] if latest is not None else HEALTH_UNKNOWN
+        if on_latest != HEALTH_UNKNOWN:
+            counts[on_latest.lower()] += 1
         if state == "Applied":
             counts["applied"] += 1
         elif state == "Failed":
