@@ -193,6 +193,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         heartbeat_interval=duration_seconds(args.heartbeat_interval),
         resync_interval=duration_seconds(args.resync_interval),
         retry_max=duration_seconds(args.retry_max),
+        health_poll_max=duration_seconds(args.health_poll_max),
     )
     asyncio.run(run_agent(args.broker_url, Path(args.pak_file), settings, args.metrics_address, args.health_address,
                           kubeconfig=args.kubeconfig))
@@ -209,6 +210,7 @@ def add_agent(commands: argparse._SubParsersAction) -> None:
     add_option(agent, "--heartbeat-interval", "time between heartbeats", "10s")
     add_option(agent, "--resync-interval", "re-apply everything this often to repair drift", "5m")
     add_option(agent, "--retry-max", "cap of the exponential retry backoff", "60s")
+    add_option(agent, "--health-poll-max", "longest wait between health checks of a stack not healthy yet", "30s")
     add_option(agent, "--metrics-address", "listen address of /metrics", "0.0.0.0:9091")
     add_option(agent, "--health-address", "listen address of /healthz", "0.0.0.0:8082")
     agent.set_defaults(handler=cmd_agent)
