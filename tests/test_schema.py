@@ -22,6 +22,7 @@ EXPECTED = {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS,
         # "<namespace>/<name>": 63 + 1 + 253 characters, what Kubernetes allows (the data design said 255)
         "name": varchar(317), "description": TEXT, "agent_target": UUID,
+        "rollout": ("jsonb", None),  # beyond the data design: spec.rollout, the staged rollout policy
     },
     "agents": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "name": varchar(255),
@@ -38,10 +39,12 @@ EXPECTED = {
     "agent_events": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "agent_id": UUID,
         "deployment_object_id": UUID, "event_type": varchar(50), "status": varchar(10), "message": TEXT,
+        "details": ("jsonb", None),  # beyond the data design: a HEALTH or DRIFT event's bounded summary
     },
     "agent_targets": {
         "id": UUID, "stack_id": UUID, "agent_name": TEXT, "cluster_name": TEXT,
         "namespace": TEXT,  # beyond the data design: the AgentTarget's namespace (tenancy)
+        "released_sequence": ("bigint", None),  # beyond the data design: the version the rollout released
     },
     "labels": {"id": UUID, "external_object_id": UUID, "label": varchar(255)},
     "annotations": {"id": UUID, "external_object_id": UUID, "key": varchar(255), "value": TEXT},

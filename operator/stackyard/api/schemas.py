@@ -34,8 +34,9 @@ DETAILS = {
                    " changed, repaired by the agent.",
     "properties": {
         "health": {"type": "string", "enum": list(protocol.HEALTHS)},
-        "counts": {"type": "object", "propertyNames": {"enum": list(protocol.OBJECT_STATUSES)},
-                   "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 1000000}},
+        "counts": {"type": "object", "additionalProperties": False,
+                   "properties": {s: {"type": "integer", "minimum": 0, "maximum": 1000000}
+                                  for s in protocol.OBJECT_STATUSES}},
         "unhealthy": {"type": "array", "maxItems": protocol.MAX_UNHEALTHY_IN_SUMMARY, "items": {
             "type": "object", "additionalProperties": False, "required": ["object", "status"],
             "properties": {"object": _TEXT, "status": {"type": "string", "enum": list(protocol.OBJECT_STATUSES)},
