@@ -26,6 +26,7 @@ from ..protocol import WireStack, target_state_document
 from ..metrics import Metrics
 from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
 from . import schemas
+from .cache import ApiCache
 from .validation import InvalidInput, none_match, parse_body, parse_wait
 from .waiters import StateWaiters
 
@@ -127,7 +128,13 @@ async def authenticate(request: web.Request) -> Agent:
     key = pak.parse(token)
     if key is None:
         raise ApiError(401, "unauthenticated", "the key is not a stackyard agent key", {"WWW-Authenticate": "Bearer"})
-    agent = await request.app[STORE_KEY].agent_by_pak_hash(key.secret_hash)
+    cache = request.app[WAITERS_KEY].cache
+    agent = cache.identity(key.secret_hash)
+    if agent is None:
+        epoch = cache.epoch()
+        agent = await request.app[STORE_KEY].agent_by_pak_hash(key.secret_hash)
+        if agent is not None and pak.verify(token, agent.pak_hash, agent.pak_key_id):
+            cache.keep_identity(key.secret_hash, agent, epoch)
     if agent is None or not pak.verify(token, agent.pak_hash, agent.pak_key_id):
         raise ApiError(401, "unauthenticated", "unknown or rotated key", {"WWW-Authenticate": "Bearer"})
     return agent
@@ -184,6 +191,18 @@ def _versions(stacks: list[DesiredStack]) -> list[tuple[uuid.UUID, uuid.UUID]]:
     return [(s.stack_id, s.deployment_object_id) for s in stacks]
 
 
+async def current_etag(store: Store, cache: ApiCache, key: tuple[str, str]) -> str:
+    """The ETag of an agent's desired state: from the cache, else from the ids alone (the YAML is read only when
+    the answer is not a 304)."""
+    cached = cache.etag(key)
+    if cached is not None:
+        return cached
+    generation = cache.etag_generation(key)
+    etag = state_etag(await store.desired_versions(*key))
+    cache.keep_etag(key, etag, generation)
+    return etag
+
+
 def own_agent_id(request: web.Request, agent: Agent) -> None:
     """403 unless the path's agent id is the caller's own."""
     try:
@@ -198,8 +217,10 @@ def own_agent_id(request: web.Request, agent: Agent) -> None:
 
 
 async def _identity_response(request: web.Request, agent: Agent) -> web.Response:
-    labels, annotations = await request.app[STORE_KEY].agent_metadata(agent.id)
-    return web.json_response(identity(agent, labels, annotations))
+    store = request.app[STORE_KEY]
+    fresh = await store.get_agent(agent.id) or agent  # the cached identity's status and heartbeat may be old
+    labels, annotations = await store.agent_metadata(agent.id)
+    return web.json_response(identity(fresh, labels, annotations))
 
 
 async def get_self(request: web.Request) -> web.Response:
@@ -231,9 +252,10 @@ async def target_state(request: web.Request) -> web.Response:
         raise ApiError(400, exc.code, exc.message) from None
     known = request.headers.get("If-None-Match")
     store = request.app[STORE_KEY]
-    with request.app[WAITERS_KEY].subscribe((agent.name, agent.cluster_name)) as changed:
-        # The ETag needs only ids; the YAML is read when the answer is not a 304.
-        etag = state_etag(await store.desired_versions(agent.name, agent.cluster_name))
+    waiters = request.app[WAITERS_KEY]
+    key = (agent.name, agent.cluster_name)
+    with waiters.subscribe(key) as changed:
+        etag = await current_etag(store, waiters.cache, key)
         deadline = time.monotonic() + wait
         while none_match(known, etag) and (remaining := deadline - time.monotonic()) > 0:
             try:
@@ -241,7 +263,7 @@ async def target_state(request: web.Request) -> web.Response:
             except TimeoutError:
                 break
             changed.clear()
-            etag = state_etag(await store.desired_versions(agent.name, agent.cluster_name))
+            etag = await current_etag(store, waiters.cache, key)
     if none_match(known, etag):
         return web.Response(status=304, headers={"ETag": etag})
     stacks = await store.desired_state(agent.name, agent.cluster_name)

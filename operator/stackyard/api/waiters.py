@@ -1,16 +1,19 @@
-"""Wakes long-polling agents when their desired state may have changed (LISTEN/NOTIFY)."""
+"""Wakes long-polling agents when their desired state may have changed, and keeps the API cache true
+(LISTEN/NOTIFY)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 
 from ..store import Store
-from ..store.listen import STATE_CHANNEL, listen_forever
+from ..store.listen import AUTH_CHANNEL, STATE_CHANNEL, listen_forever
+from .cache import ApiCache
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ class StateWaiters:
         self.url = url
         self._waiting: dict[AgentKey, set[asyncio.Event]] = defaultdict(set)
         self.listening = False
+        self.cache = ApiCache()
 
     @contextlib.contextmanager
     def subscribe(self, key: AgentKey) -> Iterator[asyncio.Event]:
@@ -51,17 +55,44 @@ class StateWaiters:
 
     async def run(self) -> None:
         """Listen forever, reconnecting with backoff; never raises except on cancellation."""
-        await listen_forever(self.url, [STATE_CHANNEL], self._on_notify, self._on_state, "state listener")
+        await listen_forever(self.url, [STATE_CHANNEL, AUTH_CHANNEL], self._on_notify, self._on_state,
+                             "state listener")
 
     def _on_state(self, listening: bool) -> None:
         self.listening = listening
+        self.cache.listening(listening)
         if listening:
             self.wake()  # anything may have changed while not listening
 
-    async def _on_notify(self, _channel: str, payload: str) -> None:
+    async def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == AUTH_CHANNEL:
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                self.cache.listening(self.listening)  # unreadable: drop everything
+                return
+            self.cache.drop_identity(data.get("pak_hash"), str(data.get("agent_id")))
+            return
+        if not self._waiting and not self.cache.etags:
+            return  # nobody to wake, nothing to drop
+        keys = await self._keys(payload)
+        if keys is None:
+            self.cache.listening(self.listening)  # unreadable: drop everything, wake everyone
+            self.wake()
+            return
+        self.cache.drop_etags(keys)
+        self.wake(keys)
+
+    async def _keys(self, payload: str) -> list[AgentKey] | None:
+        """Whose state a notification touches: a target row names its agent; a new version, every target."""
+        if payload.startswith("{"):
+            try:
+                data = json.loads(payload)
+                return [(str(data["agent"]), str(data["cluster"]))]
+            except (ValueError, KeyError):
+                return None
         try:
             stack_id = uuid.UUID(payload)
         except ValueError:
-            return
-        if self._waiting:
-            self.wake(await self.store.targets_of_stack(stack_id))
+            return None
+        return await self.store.targets_of_stack(stack_id)

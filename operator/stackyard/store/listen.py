@@ -14,6 +14,7 @@ from ..backoff import Backoff
 log = logging.getLogger(__name__)
 
 STATE_CHANNEL = "stackyard_state"
+AUTH_CHANNEL = "stackyard_auth"
 AGENTS_CHANNEL = "stackyard_agents"
 EVENTS_CHANNEL = "stackyard_events"
 
