@@ -2,15 +2,24 @@
 
     python bench/api.py [--agents 1000] [--stacks 2000] [--seconds 10] [--concurrency 32]
 
-Measures target-state requests/s with p50/p99 latency for full answers and for
-304s, heartbeats/s and events/s. Target: >= 2,000 304-answers/s with p99 < 20 ms.
+First wrk (Debian's package; installed with apt-get when missing and the
+benchmark runs as root) drives 304s of one agent with 10 stacks at stackyard
+and, in the same run, at a bare aiohttp handler answering 304 on the same
+machine: both rates, their p99 and the ratio. Target: a ratio of at least 0.5,
+p99 under 10 ms. Then an aiohttp client measures target-state 200s and 304s
+across all agents, heartbeats/s and events/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import re
+import shutil
+import subprocess
+import sys
 import time
 import uuid
 
@@ -50,6 +59,75 @@ def seed(url: str, agents: int, stacks: int, targets_per_agent: int) -> list[tup
         ):
             dos.setdefault(name, []).append(str(do_id))
     return [(keys[i].token, dos[f"agent-{i}"]) for i in range(agents)]
+
+
+BARE_304 = """
+import sys
+from aiohttp import web
+
+async def not_modified(request):
+    return web.Response(status=304, headers={"ETag": '"bare"'})
+
+app = web.Application()
+app.router.add_get("/", not_modified)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def ensure_wrk() -> str | None:
+    """wrk's path, installing Debian's package when it is missing and we may."""
+    found = shutil.which("wrk")
+    if found is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        progress("installing wrk (apt-get install wrk)")
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], capture_output=True, timeout=300)
+        found = shutil.which("wrk")
+    return found
+
+
+def wrk(binary: str, url: str, headers: dict[str, str], seconds: float, connections: int) -> tuple[float, float]:
+    """(requests/s, p99 ms) of wrk against `url`."""
+    args = [binary, "-t2", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--latency"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    output = subprocess.run([*args, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()
+    return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(100):
+        try:
+            async with http.get(url) as r:
+                if r.status in (200, 304):
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+
+
+async def compare_with_bare_aiohttp(http: aiohttp.ClientSession, base: str, token: str, etag: str, seconds: float,
+                                    connections: int) -> None:
+    """stackyard's 304 path against a bare aiohttp 304 handler, both driven by wrk in this run."""
+    binary = ensure_wrk()
+    if binary is None:
+        print("wrk: not installed (apt-get install wrk); the comparison with bare aiohttp is skipped")
+        return
+    progress(f"wrk: stackyard 304s for {seconds:.0f}s")
+    ours = wrk(binary, f"{base}/target-state", {"Authorization": f"Bearer {token}", "If-None-Match": etag}, seconds,
+               connections)
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE_304, str(port)])
+    try:
+        await wait_ready(http, f"http://127.0.0.1:{port}/")
+        progress(f"wrk: bare aiohttp 304s for {seconds:.0f}s")
+        theirs = wrk(binary, f"http://127.0.0.1:{port}/", {}, seconds, connections)
+    finally:
+        bare.terminate()
+        bare.wait(timeout=10)
+    print(f"wrk, {connections} connections, one agent with 10 stacks: stackyard 304 {ours[0]:.0f}/s p99 {ours[1]:.2f} ms;"
+          f" bare aiohttp 304 {theirs[0]:.0f}/s p99 {theirs[1]:.2f} ms; ratio {ours[0] / theirs[0]:.2f}"
+          " (target >= 0.5, p99 < 10 ms)")
 
 
 async def hammer(name: str, seconds: float, concurrency: int, call) -> tuple[int, list[float]]:
@@ -123,6 +201,7 @@ async def run(agents: int, stacks: int, seconds: float, concurrency: int) -> Non
 
                 print(f"machine: {machine()}")
                 print(f"agents: {agents}, stacks: {stacks}, targets per agent: 10, concurrency: {concurrency}")
+                await compare_with_bare_aiohttp(http, base, creds[0][0], etags[0], seconds, concurrency)
                 for name, call in (("target-state 200 (full)", full), ("target-state 304", not_modified),
                                    ("heartbeats", heartbeat), ("events (1 per request)", events)):
                     progress(f"measuring {name} for {seconds:.0f}s")

@@ -46,6 +46,7 @@ class Metrics:
             registry=r,
         )
         self._stacks: dict[str, tuple[dict[str, int], bool]] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.status_mirror_lag_seconds = Histogram(
             "stackyard_status_mirror_lag_seconds",
             "Time from an agent's heartbeat or event reaching PostgreSQL to the custom resource status patch.",
@@ -70,6 +71,17 @@ class Metrics:
             "stackyard_retention_purged_rows", "Soft-deleted rows hard-deleted by retention, by table.", ["table"],
             registry=r,
         )
+
+    def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
+        """Count one API request and its latency (label children kept: `labels()` on every request is costly)."""
+        key = (route, method, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.api_requests_total.labels(route, method, str(code)),
+                        self.api_request_duration_seconds.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_stack(self, stack_id: str, status: Mapping[str, Any]) -> None:
         """Keep `stackyard_stack_targets{health}` and `stackyard_rollout_halted` current with one Stack's status."""

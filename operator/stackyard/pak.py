@@ -48,7 +48,12 @@ def verify(token: str, stored_hash: str | None, stored_key_id: str | None = None
     Keys issued before key ids were stored (`stored_key_id` None) are checked by their secret alone.
     """
     key = parse(token)
-    if key is None or not stored_hash:
+    return key is not None and matches(key, stored_hash, stored_key_id)
+
+
+def matches(key: Pak, stored_hash: str | None, stored_key_id: str | None = None) -> bool:
+    """Constant-time check of a parsed key against a stored secret hash and key id."""
+    if not stored_hash:
         return False
     secret_ok = hmac.compare_digest(key.secret_hash, stored_hash)
     id_ok = stored_key_id is None or hmac.compare_digest(key.key_id, stored_key_id)

@@ -112,9 +112,7 @@ async def errors_and_metrics(request: web.Request, handler: Callable[[web.Reques
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         response = error_response(500, "internal", "internal error; see the API server's log")
-    route = _route_name(request)
-    metrics.api_requests_total.labels(route, request.method, str(response.status)).inc()
-    metrics.api_request_duration_seconds.labels(route).observe(time.monotonic() - started)
+    metrics.observe_request(_route_name(request), request.method, response.status, time.monotonic() - started)
     return response
 
 
@@ -128,14 +126,15 @@ async def authenticate(request: web.Request) -> Agent:
     key = pak.parse(token)
     if key is None:
         raise ApiError(401, "unauthenticated", "the key is not a stackyard agent key", {"WWW-Authenticate": "Bearer"})
+    secret_hash = key.secret_hash
     cache = request.app[WAITERS_KEY].cache
-    agent = cache.identity(key.secret_hash)
+    agent = cache.identity(secret_hash)
     if agent is None:
         epoch = cache.epoch()
-        agent = await request.app[STORE_KEY].agent_by_pak_hash(key.secret_hash)
-        if agent is not None and pak.verify(token, agent.pak_hash, agent.pak_key_id):
-            cache.keep_identity(key.secret_hash, agent, epoch)
-    if agent is None or not pak.verify(token, agent.pak_hash, agent.pak_key_id):
+        agent = await request.app[STORE_KEY].agent_by_pak_hash(secret_hash)
+        if agent is not None and pak.matches(key, agent.pak_hash, agent.pak_key_id):
+            cache.keep_identity(secret_hash, agent, epoch)
+    if agent is None or not pak.matches(key, agent.pak_hash, agent.pak_key_id):
         raise ApiError(401, "unauthenticated", "unknown or rotated key", {"WWW-Authenticate": "Bearer"})
     return agent
 
@@ -203,6 +202,22 @@ async def current_etag(store: Store, cache: ApiCache, key: tuple[str, str]) -> s
     return etag
 
 
+async def etag_after_change(store: Store, waiters: StateWaiters, key: tuple[str, str], known: str | None,
+                            wait: float) -> str:
+    """The long-poll: the current ETag once it differs from `known`, or after `wait` seconds."""
+    with waiters.subscribe(key) as changed:  # before reading: a change in between is not missed
+        etag = await current_etag(store, waiters.cache, key)
+        deadline = time.monotonic() + wait
+        while none_match(known, etag) and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                break
+            changed.clear()
+            etag = await current_etag(store, waiters.cache, key)
+    return etag
+
+
 def own_agent_id(request: web.Request, agent: Agent) -> None:
     """403 unless the path's agent id is the caller's own."""
     try:
@@ -254,16 +269,10 @@ async def target_state(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     waiters = request.app[WAITERS_KEY]
     key = (agent.name, agent.cluster_name)
-    with waiters.subscribe(key) as changed:
+    if wait == 0:  # no long-poll: nothing to subscribe to
         etag = await current_etag(store, waiters.cache, key)
-        deadline = time.monotonic() + wait
-        while none_match(known, etag) and (remaining := deadline - time.monotonic()) > 0:
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except TimeoutError:
-                break
-            changed.clear()
-            etag = await current_etag(store, waiters.cache, key)
+    else:
+        etag = await etag_after_change(store, waiters, key, known, wait)
     if none_match(known, etag):
         return web.Response(status=304, headers={"ETag": etag})
     stacks = await store.desired_state(agent.name, agent.cluster_name)
