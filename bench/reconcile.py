@@ -1,10 +1,17 @@
 """Reconcile throughput: N Stacks (5 resources each) until all are Ready with their deployment object stored.
 
-    python bench/reconcile.py [--stacks 1000]
+    python bench/reconcile.py [--stacks 1000] [--changes 100]
 
 Runs `stackyard run` as a separate process against the kmock emulator (or the
 cluster of KUBECONFIG when set) and a real PostgreSQL. Prints seconds, Stacks
-per second and the operator's peak RSS. Target: >= 100 Stacks/s on 2 cores.
+per second and the operator's peak RSS. Target: >= 150 Stacks/s on 2 cores,
+peak RSS <= 150 MiB.
+
+On the emulator it also counts the operator's writes to Stacks (each one a
+watch event for every watcher) and the Events it posts: per new Stack (until
+the operator is quiet), per changed Stack (`--changes` spec patches) and per
+unchanged resync (two resync intervals with nothing changing). Targets: at most
+2 writes per new Stack, 0 per unchanged resync.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import psycopg
 
 from common import PeakRss, database, free_port, kubeconfig, machine, prepare_cluster, progress, stackyard_process
 
-from stackyard.kube import Kube, load_configuration, url_configuration  # noqa: E402
+from stackyard.kube import Kube, Ref, load_configuration, url_configuration  # noqa: E402
 
 
 def stack(i: int) -> dict:
@@ -31,7 +38,68 @@ def stack(i: int) -> dict:
                                     "data": {"index": str(i), "part": str(j)}} for j in range(5)]}}
 
 
-async def run(count: int) -> None:
+RESYNC_SECONDS = 5
+
+
+class Writes:
+    """The operator's writes to Stacks and Events as the emulator served them (the benchmark's own subtracted)."""
+
+    def __init__(self, emulator):
+        self.emulator = emulator
+        self.own = 0
+
+    def stacks(self) -> int:
+        return sum(self.emulator.count(m, "/stacks") for m in ("POST", "PATCH", "PUT")) - self.own
+
+    def events(self) -> int:
+        return self.emulator.count("POST", "/events")
+
+    async def quiet(self, seconds: float = 3.0) -> tuple[int, int]:
+        """Wait until no write arrives for `seconds`; returns (stack writes, events) so far."""
+        last, since = (self.stacks(), self.events()), time.monotonic()
+        while time.monotonic() - since < seconds:
+            await asyncio.sleep(0.5)
+            now = (self.stacks(), self.events())
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
+
+async def wait_observed(client, count: int, generation: int) -> None:
+    while True:
+        listing = await client.list("stackyard.dev/v1alpha1", "Stack", "bench")
+        done = sum(1 for item in listing if (item.get("status") or {}).get("observedGeneration") == generation
+                   and item["metadata"]["generation"] == generation)
+        if done >= count:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def count_writes(client, writes: Writes, count: int, changes: int) -> dict[str, float]:
+    """Writes per new Stack, per changed Stack and per unchanged resync."""
+    results: dict[str, float] = {}
+    new_stacks, new_events = await writes.quiet()
+    results["new"], results["new_events"] = new_stacks / count, new_events / count
+    progress(f"changing {changes} Stacks")
+    for i in range(changes):
+        body = stack(i)
+        body["spec"]["resources"][0]["data"]["index"] = f"{i}-changed"
+        await client.merge_patch(Ref("stackyard.dev/v1alpha1", "Stack", body["metadata"]["name"], "bench"),
+                                 {"spec": body["spec"]})
+        writes.own += 1
+    await wait_observed(client, changes, 2)
+    changed_stacks, changed_events = await writes.quiet()
+    results["changed"] = (changed_stacks - new_stacks) / changes
+    results["changed_events"] = (changed_events - new_events) / changes
+    progress(f"watching {2 * RESYNC_SECONDS}s of unchanged resyncs")
+    await asyncio.sleep(2 * RESYNC_SECONDS)
+    idle_stacks, idle_events = await writes.quiet()
+    results["resync"] = (idle_stacks - changed_stacks) / count / 2
+    results["resync_events"] = (idle_events - changed_events) / count / 2
+    return results
+
+
+async def run(count: int, changes: int) -> None:
     from tests.emulator import KubeServer
 
     kube_server = None
@@ -48,7 +116,8 @@ async def run(count: int) -> None:
             env["KUBECONFIG"] = os.environ["KUBECONFIG"]
         proc = stackyard_process("run", "--metrics-address", f"127.0.0.1:{free_port()}",
                                  "--health-address", f"127.0.0.1:{free_port()}",
-                                 "--api-address", f"127.0.0.1:{free_port()}", env=env)
+                                 "--api-address", f"127.0.0.1:{free_port()}",
+                                 "--resync-interval", f"{RESYNC_SECONDS}s", env=env)
         rss = PeakRss(proc.pid)
         # The cluster the operator runs against, with the same credentials (the kubeconfig's, when set).
         client = Kube(url_configuration(server_url) if server_url else load_configuration(), user_agent="stackyard-bench",
@@ -87,6 +156,11 @@ async def run(count: int) -> None:
             elapsed = time.monotonic() - started
             cpu = rss.process.cpu_times()
             bench_cpu = time.process_time()
+            written = None
+            if kube_server is not None:
+                writes = Writes(kube_server.emulator)
+                writes.own = count
+                written = await count_writes(client, writes, count, min(changes, count))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -99,9 +173,18 @@ async def run(count: int) -> None:
     print(f"stacks per second: {count / elapsed:.1f}")
     print(f"operator peak RSS: {rss.peak / 2**20:.0f} MiB")
     print(f"operator CPU seconds: {cpu.user + cpu.system:.1f}; emulator+bench CPU seconds: {bench_cpu:.1f}")
+    if written is None:
+        print("writes per Stack: counted on the emulator only (run without KUBECONFIG)")
+    else:
+        print(f"writes to Stacks per new Stack: {written['new']:.2f} (target <= 2), Events: {written['new_events']:.2f}")
+        print(f"writes to Stacks per changed Stack: {written['changed']:.2f}, Events: {written['changed_events']:.2f}")
+        print(f"writes to Stacks per Stack per unchanged resync: {written['resync']:.3f} (target 0),"
+              f" Events: {written['resync_events']:.3f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stacks", type=int, default=1000)
-    asyncio.run(run(parser.parse_args().stacks))
+    parser.add_argument("--changes", type=int, default=100)
+    arguments = parser.parse_args()
+    asyncio.run(run(arguments.stacks, arguments.changes))

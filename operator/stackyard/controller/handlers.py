@@ -37,7 +37,7 @@ from .reconcile import (
     reconcile_stack,
 )
 from .render import InvalidSpec
-from .storage import DigestDiffBaseStorage
+from .storage import StatusDigestDiffBaseStorage
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout, *CALL_ERRORS)
 MAX_RETRY_DELAY = 30.0
@@ -73,8 +73,9 @@ def exact_namespaces(config: OperatorConfig) -> bool:
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """Kopf settings (docs/architecture.md, "Operator"): own finalizer and prefix, small annotations, quiet events."""
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP, v1=False)
-    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=GROUP)
+    # Kopf's state in the status (status.kopf): a reconcile is one status write, not a metadata patch as well.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = StatusDigestDiffBaseStorage(prefix=GROUP)
     # Log records of WARNING and above become Kubernetes Events (Kopf posts none unless `loggers` is on);
     # Normal milestones are posted explicitly (see `post_milestones`), never one per heartbeat.
     settings.posting.loggers = True

@@ -1,4 +1,5 @@
-"""Kopf persistence that never copies a whole object into an annotation (Stacks can be large)."""
+"""Kopf persistence: only a digest of the last handled object, never a copy (Stacks can be large), and kept in
+the status, with the handlers' progress, so that one reconcile is one status write (no metadata patch)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,32 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         for full_key in self.make_keys(self.key, body=body):
             patch.metadata.annotations[full_key] = essence_digest(essence)
         self._store_marker(prefix=self.prefix, patch=patch, body=body)
+
+
+class StatusDigestDiffBaseStorage(kopf.StatusDiffBaseStorage):
+    """The digest of `DigestDiffBaseStorage`, kept in `status.kopf.lastHandledDigest`.
+
+    Kopf writes it in the same patch as the handler's status, so a reconcile is
+    one write to the status subresource instead of a metadata patch plus a
+    status patch. An object last handled by an earlier version (digest in the
+    annotation) is read from the annotation until its next reconcile.
+    """
+
+    def __init__(self, prefix: str = "stackyard.dev"):
+        super().__init__(field="status.kopf.lastHandledDigest")
+        self.annotations = DigestDiffBaseStorage(prefix)
+
+    def build(self, *, body, extra_fields=None):  # type: ignore[no-untyped-def]
+        return self.annotations.build(body=body, extra_fields=extra_fields)
+
+    def fetch(self, *, body):  # type: ignore[no-untyped-def]
+        stored = ((body.get("status") or {}).get("kopf") or {}).get("lastHandledDigest")
+        if stored is None:
+            return self.annotations.fetch(body=body)
+        current = self.build(body=body)
+        if stored == essence_digest(current):
+            return current
+        return {**current, CHANGED_MARKER: True}
+
+    def store(self, *, body, patch, essence):  # type: ignore[no-untyped-def]
+        patch.status.setdefault("kopf", {})["lastHandledDigest"] = essence_digest(essence)
