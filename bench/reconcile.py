@@ -38,7 +38,7 @@ def stack(i: int) -> dict:
                                     "data": {"index": str(i), "part": str(j)}} for j in range(5)]}}
 
 
-RESYNC_SECONDS = 5
+RESYNC_SECONDS = 10
 
 
 class Writes:

@@ -45,6 +45,8 @@ class Metrics:
             "stackyard_rollout_halted", "Stacks whose staged rollout is halted (an agent Degraded, or paused).",
             registry=r,
         )
+        for health in ("Healthy", "Progressing", "Degraded", "Unknown"):
+            self.stack_targets.labels(health)  # exported at 0 from the start
         self._stacks: dict[str, tuple[dict[str, int], bool]] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.status_mirror_lag_seconds = Histogram(
@@ -90,17 +92,27 @@ class Metrics:
         counts["Unknown"] = max(0, int(targets.get("total") or 0) - sum(counts.values()))
         halted = any(c.get("type") == "RolloutHalted" and c.get("status") == "True"
                      for c in status.get("conditions") or () if isinstance(c, Mapping))
-        self._stacks[stack_id] = (counts, halted)
-        self._publish_stacks()
+        self._move_stack(stack_id, (counts, halted))
 
     def forget_stack(self, stack_id: str) -> None:
-        self._stacks.pop(stack_id, None)
-        self._publish_stacks()
+        self._move_stack(stack_id, None)
 
-    def _publish_stacks(self) -> None:
-        for health in ("Healthy", "Progressing", "Degraded", "Unknown"):
-            self.stack_targets.labels(health).set(sum(c[health] for c, _ in self._stacks.values()))
-        self.rollout_halted.set(sum(1 for _, halted in self._stacks.values() if halted))
+    def _move_stack(self, stack_id: str, new: tuple[dict[str, int], bool] | None) -> None:
+        """Replace one Stack's contribution to the totals (constant time: no sum over every Stack)."""
+        old = self._stacks.pop(stack_id, None)
+        if new is not None:
+            self._stacks[stack_id] = new
+        if old == new:
+            return
+        for sign, entry in ((-1, old), (1, new)):
+            if entry is None:
+                continue
+            counts, halted = entry
+            for health, value in counts.items():
+                if value:
+                    self.stack_targets.labels(health).inc(sign * value)
+            if halted:
+                self.rollout_halted.inc(sign)
 
     def observe_pool(self, stats: dict[str, int]) -> None:
         """Copy psycopg_pool's get_stats() into the pool gauges."""

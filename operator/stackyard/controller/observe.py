@@ -57,9 +57,11 @@ async def stack_status_patch(store: Store, stack_id: uuid.UUID, previous: Mappin
 
     First releases the latest version to more agents when the rollout allows it (their health changed).
     """
-    await advance(store, stack_id)
+    policy = await store.stack_rollout(stack_id)
+    if policy is not None:
+        await advance(store, stack_id)
     latest = await store.latest_deployment_object(stack_id)
-    status = await stack_target_status(store, stack_id, latest, previous, now_rfc3339())
+    status = await stack_target_status(store, stack_id, latest, previous, now_rfc3339(), policy)
     return status if visible(status, STACK_KEYS) != visible(previous, STACK_KEYS) else None
 
 

@@ -104,9 +104,10 @@ async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tu
         )
     except Conflict as exc:
         raise InvalidSpec("StackDeleted", str(exc)) from exc
-    await advance(store, stack_id)
+    if rollout is not None:
+        await advance(store, stack_id)
     do = emitted.deployment_object
-    status = await stack_target_status(store, stack_id, do, body.get("status") or {}, now)
+    status = await stack_target_status(store, stack_id, do, body.get("status") or {}, now, rollout)
     status["stackId"] = str(stack_id)
     status["deploymentObject"] = deployment_object_status(do, count)
     outcome = ready_outcome(f"sequence {do.sequence_id} stored ({count} resources)")
@@ -115,14 +116,15 @@ async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tu
 
 
 async def stack_target_status(
-    store: Store, stack_id: uuid.UUID, latest: Any, previous_status: Mapping[str, Any], now: str
+    store: Store, stack_id: uuid.UUID, latest: Any, previous_status: Mapping[str, Any], now: str,
+    policy: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """`targets` and `agents` of a Stack's status from its targets and their agents' events."""
     rows = await store.target_rows(stack_id)
     counts, entries = agents_status(latest, rows, previous_status.get("agents"), now)
     status: dict[str, Any] = {"targets": counts, "agents": entries}
     conditions = set_condition(previous_status.get("conditions"), "Healthy", *healthy_condition(latest, rows), now)
-    rollout = rollout_view(await store.stack_rollout(stack_id), latest, rows)
+    rollout = rollout_view(policy, latest, rows)
     if rollout is None:
         status["rollout"] = None
         conditions = set_condition(conditions, "RolloutHalted", None)
