@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 import uuid
 from datetime import timedelta
@@ -193,8 +195,10 @@ async def test_an_unchanged_target_writes_nothing_and_wakes_no_long_poll(store, 
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN stackyard_state")
         await store.set_agent_targets(owner, sid, [("edge", "eu-1")])
-        assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(sid)]
+        # a target row's notification names its stack and agent (the API drops that agent's cached ETag)
+        expected = {"stack_id": str(sid), "agent": "edge", "cluster": "eu-1"}
+        assert [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=1)] == [expected]
         await store.set_agent_targets(owner, sid, [("edge", "eu-1")])
         assert list(listener.notifies(timeout=0.5)) == [], "a no-op reconcile sends no NOTIFY"
         await store.set_agent_targets(owner, sid, [("edge-2", "eu-1")])
-        assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(sid)]
+        assert json.loads(next(iter(listener.notifies(timeout=2, stop_after=1))).payload)["stack_id"] == str(sid)
