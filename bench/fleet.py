@@ -35,6 +35,7 @@ from stackyard.store.store import DESIRED_STATE_SQL  # noqa: E402
 
 SHARED = "fleet/shared"
 WAIT = 55
+RAMP_PER_SECOND = 500
 CONTENT = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: apps\ndata:\n  k: v\n"
 
 
@@ -86,11 +87,12 @@ class Fleet:
         self.tokens, self.bases, self.targeted = tokens, bases, targeted
         self.etags: dict[int, str] = {}
         self.polling = 0
-        self.arrived: dict[int, float] = {}
-        self.new_version: int | None = None
+        self.seen: dict[int, tuple[int, float]] = {}  # agent -> (shared Stack's sequence, when it arrived)
         self.errors = 0
+        self.last_error = ""
 
     async def agent(self, http: aiohttp.ClientSession, i: int) -> None:
+        await asyncio.sleep(i / RAMP_PER_SECOND)  # agents come up over time, not as one herd
         url = f"{self.bases[i % len(self.bases)]}/api/v1/agents/self/target-state"
         auth = {"Authorization": f"Bearer {self.tokens[i]}"}
         while True:
@@ -106,19 +108,22 @@ class Fleet:
                         self.note(i, document)
                     elif response.status != 304:
                         self.errors += 1
-                        await asyncio.sleep(1)
-            except (aiohttp.ClientError, TimeoutError):
+                        self.last_error = f"HTTP {response.status}: {(await response.text())[:200]}"
+                        await asyncio.sleep(random.uniform(1, 5))  # as the agent: jittered backoff
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 self.errors += 1
-                await asyncio.sleep(1)
+                self.last_error = repr(exc)
+                await asyncio.sleep(random.uniform(1, 5))
             finally:
                 self.polling -= polling
 
     def note(self, i: int, document: dict) -> None:
-        if self.new_version is None or i in self.arrived:
-            return
         for stack in document["stacks"]:
-            if stack["stackName"] == SHARED and stack["deploymentObject"]["sequenceId"] >= self.new_version:
-                self.arrived[i] = time.monotonic()
+            if stack["stackName"] == SHARED:
+                self.seen[i] = (stack["deploymentObject"]["sequenceId"], time.monotonic())
+
+    def arrived(self, version: int) -> list[float]:
+        return [at for sequence, at in self.seen.values() if sequence >= version]
 
 
 def statements(url: str) -> int:
@@ -127,11 +132,15 @@ def statements(url: str) -> int:
                                 " WHERE query NOT ILIKE '%pg_stat_statements%'").fetchone()[0])
 
 
-async def wait_until(check, deadline: float, what: str) -> None:
-    started = time.monotonic()
+async def wait_until(check, deadline: float, what: str, status=None) -> None:
+    started = last = time.monotonic()
     while not check():
-        if time.monotonic() - started > deadline:
-            raise RuntimeError(f"{what}: not within {deadline:.0f}s")
+        now = time.monotonic()
+        if now - started > deadline:
+            raise RuntimeError(f"{what}: not within {deadline:.0f}s ({status() if status else ''})")
+        if status is not None and now - last >= 5:
+            progress(f"{what}: {status()}")
+            last = now
         await asyncio.sleep(0.2)
 
 
@@ -143,34 +152,37 @@ async def simulate(url: str, tokens: list[str], shared: uuid.UUID, processes: in
              for port in ports]
     fleet = Fleet(tokens, [f"http://127.0.0.1:{port}" for port in ports], targeted)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    tasks: list[asyncio.Task] = []
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
             for port in ports:
                 await wait_until_ready(http, port)
             progress(f"{len(tokens)} agents fetch their state and start long-polling ({processes} API processes)")
-            tasks = [asyncio.create_task(fleet.agent(http, i)) for i in range(len(tokens))]
-            await wait_until(lambda: fleet.polling >= len(tokens), 300, "every agent holding a long-poll")
+            tasks += [asyncio.create_task(fleet.agent(http, i)) for i in range(len(tokens))]
+            await wait_until(lambda: fleet.polling >= len(tokens), 120, "every agent holding a long-poll",
+                             lambda: f"{fleet.polling} polling, {len(fleet.etags)} with a state, {fleet.errors} errors"
+                                           f" {fleet.last_error}")
             await asyncio.sleep(1)
             usage = [(psutil.Process(p.pid).memory_info().rss, psutil.Process(p.pid).num_fds()) for p in procs]
             before = statements(url)
             with psycopg.connect(url, autocommit=True) as conn:
-                text = CONTENT + "  changed: 'yes'\n"
+                text = CONTENT + f"  changed: '{processes}'\n"
+                changed_at = time.monotonic()
                 row = conn.execute("INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum)"
                                    " VALUES (%s, %s, %s) RETURNING sequence_id", (shared, text, pak.hash_secret(text)))
-                fleet.new_version = row.fetchone()[0]
-            changed_at = time.monotonic()
-            progress(f"new version {fleet.new_version} of {SHARED}; waiting for {targeted} agents")
-            await wait_until(lambda: len(fleet.arrived) >= targeted, 120, "every targeted agent receiving it")
+                version = row.fetchone()[0]
+            progress(f"new version {version} of {SHARED}; waiting for {targeted} agents")
+            await wait_until(lambda: len(fleet.arrived(version)) >= targeted, 120, "every targeted agent receiving it")
             await asyncio.sleep(1)  # statements of the last answers
             caused = statements(url) - before
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for proc in procs:
-            proc.terminate()
+            proc.kill()
             proc.wait(timeout=30)
-    delays = [at - changed_at for at in fleet.arrived.values()]
+    delays = [at - changed_at for at in fleet.arrived(version)]
     print(f"{processes} API process(es), {len(tokens)} agents long-polling, {targeted} targeted by the change:")
     print(f"  new version received: p50 {percentile(delays, 50) * 1000:.0f} ms, p95 {percentile(delays, 95) * 1000:.0f} ms,"
           f" max {max(delays) * 1000:.0f} ms")
