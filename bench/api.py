@@ -26,7 +26,7 @@ import uuid
 import aiohttp
 import psycopg
 
-from common import database, free_port, machine, percentile, progress, stackyard_process
+from common import database, free_port, machine, percentile, progress, stackyard_process, wait_ready
 
 from stackyard import pak  # noqa: E402
 
@@ -95,17 +95,6 @@ def wrk(binary: str, url: str, headers: dict[str, str], seconds: float, connecti
     return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-async def wait_ready(http: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(100):
-        try:
-            async with http.get(url) as r:
-                if r.status in (200, 304):
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-
-
 async def compare_with_bare_aiohttp(http: aiohttp.ClientSession, base: str, token: str, etag: str, seconds: float,
                                     connections: int) -> None:
     """stackyard's 304 path against a bare aiohttp 304 handler, both driven by wrk in this run."""
@@ -162,14 +151,7 @@ async def run(agents: int, stacks: int, seconds: float, concurrency: int) -> Non
         try:
             connector = aiohttp.TCPConnector(limit=concurrency)
             async with aiohttp.ClientSession(connector=connector) as http:
-                for _ in range(100):
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
+                await wait_ready(http, f"http://127.0.0.1:{port}/readyz")
                 etags: dict[int, str] = {}
                 for i, (token, _) in enumerate(creds):
                     async with http.get(f"{base}/target-state", headers={"Authorization": f"Bearer {token}"}) as r:

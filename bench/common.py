@@ -105,3 +105,21 @@ class PeakRss:
         except psutil.Error:
             return
         self.peak = max(self.peak, rss)
+
+
+async def wait_ready(http, url: str, seconds: float = 30.0) -> None:
+    """Until `url` answers 200 or 304 (a server starting up), or RuntimeError after `seconds`."""
+    import asyncio
+
+    import aiohttp
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(url) as response:
+                if response.status in (200, 304):
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {seconds:.0f}s")

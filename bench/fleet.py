@@ -28,7 +28,7 @@ import aiohttp
 import psutil
 import psycopg
 
-from common import database, free_port, machine, percentile, progress, stackyard_process
+from common import database, free_port, machine, percentile, progress, stackyard_process, wait_ready
 
 from stackyard import pak  # noqa: E402
 from stackyard.store.store import DESIRED_STATE_SQL  # noqa: E402
@@ -156,7 +156,7 @@ async def simulate(url: str, tokens: list[str], shared: uuid.UUID, processes: in
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
             for port in ports:
-                await wait_until_ready(http, port)
+                await wait_ready(http, f"http://127.0.0.1:{port}/readyz")
             progress(f"{len(tokens)} agents fetch their state and start long-polling ({processes} API processes)")
             tasks += [asyncio.create_task(fleet.agent(http, i)) for i in range(len(tokens))]
             await wait_until(lambda: fleet.polling >= len(tokens), 120, "every agent holding a long-poll",
@@ -190,18 +190,6 @@ async def simulate(url: str, tokens: list[str], shared: uuid.UUID, processes: in
         print(f"  API process {n + 1}: RSS {rss / 2**20:.0f} MiB, open file descriptors {fds}")
     print(f"  PostgreSQL statements caused by the change: {caused} ({caused / targeted:.1f} per targeted agent);"
           f" client errors: {fleet.errors}")
-
-
-async def wait_until_ready(http: aiohttp.ClientSession, port: int) -> None:
-    for _ in range(150):
-        try:
-            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"the API on port {port} did not become ready")
 
 
 def explain(url: str) -> float:
