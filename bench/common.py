@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import psutil
@@ -85,11 +86,28 @@ def free_port() -> int:
 
 
 def stackyard_process(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    """`stackyard ARGS` as its own process; its log goes to a temporary file (`log_of(proc)`), never to a pipe
+    nobody reads: a full pipe would block the process on its next log line and stall the measurement."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STACKYARD_")}
     clean.update(env)
     profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
-    return subprocess.Popen([sys.executable, *profile, "-m", "stackyard", *args], env=clean,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, *profile, "-m", "stackyard", *args], env=clean,
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
+    _LOGS[proc.pid] = log
+    return proc
+
+
+_LOGS: dict[int, Any] = {}
+
+
+def log_of(proc: subprocess.Popen, tail: int = 2000) -> str:
+    """The last `tail` characters a process started by `stackyard_process` logged."""
+    log = _LOGS.get(proc.pid)
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read()[-tail:]
 
 
 class PeakRss:

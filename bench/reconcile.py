@@ -25,7 +25,8 @@ from pathlib import Path
 
 import psycopg
 
-from common import PeakRss, database, free_port, kubeconfig, machine, prepare_cluster, progress, stackyard_process
+from common import (PeakRss, database, free_port, kubeconfig, log_of, machine, prepare_cluster, progress,
+                    stackyard_process)
 
 from stackyard.kube import Kube, Ref, load_configuration, url_configuration  # noqa: E402
 
@@ -151,7 +152,7 @@ async def run(count: int, changes: int) -> None:
                     if ready >= count and stored >= count:
                         break
                     if proc.poll() is not None:
-                        raise RuntimeError(f"the operator exited: {proc.stderr.read()[-2000:]}")
+                        raise RuntimeError(f"the operator exited: {log_of(proc)}")
                     await asyncio.sleep(0.5)
             elapsed = time.monotonic() - started
             cpu = rss.process.cpu_times()
