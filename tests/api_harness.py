@@ -28,10 +28,10 @@ class RunningApi:
 
 
 @contextlib.asynccontextmanager
-async def running_api(db_url: str, **settings_overrides: float) -> AsyncIterator[RunningApi]:
+async def running_api(db_url: str, pool_size: int = 10, **settings_overrides: float) -> AsyncIterator[RunningApi]:
     """The API as `stackyard api` serves it (same runner, same settings unless overridden)."""
     settings = ApiSettings(**settings_overrides)
-    store = await Store.open(db_url, max_size=10, timeout=settings.database_timeout)
+    store = await Store.open(db_url, max_size=pool_size, timeout=settings.database_timeout)
     metrics = Metrics()
     waiters = StateWaiters(store, db_url)
     listener = asyncio.create_task(waiters.run())

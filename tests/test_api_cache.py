@@ -4,6 +4,7 @@ process. Real PostgreSQL, real HTTP; a database round trip is counted as a conne
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 
@@ -91,3 +92,28 @@ async def test_a_rotated_key_and_a_deleted_agent_are_refused_by_every_api_proces
 
 async def _status_is(http, api, token: str, expected: int) -> bool:
     return (await get_state(http, api, token))[0] == expected
+
+
+async def test_agents_woken_together_wait_their_turn_instead_of_503(db_url, http):
+    """100 long-polls woken by one change through a 2-connection pool with a 10 ms wait: all get the new state."""
+    async with running_api(db_url, pool_size=2, database_timeout=0.01) as api:
+        stack_id, _ = await make_stack(api.store, "ns/web")
+        agents = [await make_agent(api.store, f"edge-{i}") for i in range(100)]
+        for i in range(100):
+            await api.store.set_agent_targets(uuid.uuid4(), stack_id, [(f"edge-{i}", "eu-1")], "ns")
+        etags = [(await get_state(http, api, token))[1] for _, token in agents]
+
+        async def poll(token: str, etag: str) -> int:
+            headers = {"Authorization": f"Bearer {token}", "If-None-Match": etag}
+            async with http.get(api.url + STATE, params={"wait": "20"}, headers=headers) as response:
+                await response.read()
+                return response.status
+
+        polls = [asyncio.create_task(poll(token, etag)) for (_, token), etag in zip(agents, etags)]
+        await eventually(lambda: _waiting(api, 100))
+        await api.store.emit_deployment_object(stack_id, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+        assert await asyncio.gather(*polls) == [200] * 100
+
+
+async def _waiting(api, count: int) -> bool:
+    return sum(len(v) for v in api.waiters._waiting.values()) >= count

@@ -26,7 +26,6 @@ from ..protocol import WireStack, target_state_document
 from ..metrics import Metrics
 from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
 from . import schemas
-from .cache import ApiCache
 from .validation import InvalidInput, none_match, parse_body, parse_wait
 from .waiters import StateWaiters
 
@@ -190,14 +189,16 @@ def _versions(stacks: list[DesiredStack]) -> list[tuple[uuid.UUID, uuid.UUID]]:
     return [(s.stack_id, s.deployment_object_id) for s in stacks]
 
 
-async def current_etag(store: Store, cache: ApiCache, key: tuple[str, str]) -> str:
+async def current_etag(store: Store, waiters: StateWaiters, key: tuple[str, str]) -> str:
     """The ETag of an agent's desired state: from the cache, else from the ids alone (the YAML is read only when
     the answer is not a 304)."""
+    cache = waiters.cache
     cached = cache.etag(key)
     if cached is not None:
         return cached
     generation = cache.etag_generation(key)
-    etag = state_etag(await store.desired_versions(*key))
+    async with waiters.database_turn():
+        etag = state_etag(await store.desired_versions(*key))
     cache.keep_etag(key, etag, generation)
     return etag
 
@@ -206,7 +207,7 @@ async def etag_after_change(store: Store, waiters: StateWaiters, key: tuple[str,
                             wait: float) -> str:
     """The long-poll: the current ETag once it differs from `known`, or after `wait` seconds."""
     with waiters.subscribe(key) as changed:  # before reading: a change in between is not missed
-        etag = await current_etag(store, waiters.cache, key)
+        etag = await current_etag(store, waiters, key)
         deadline = time.monotonic() + wait
         while none_match(known, etag) and (remaining := deadline - time.monotonic()) > 0:
             try:
@@ -214,7 +215,7 @@ async def etag_after_change(store: Store, waiters: StateWaiters, key: tuple[str,
             except TimeoutError:
                 break
             changed.clear()
-            etag = await current_etag(store, waiters.cache, key)
+            etag = await current_etag(store, waiters, key)
     return etag
 
 
@@ -270,12 +271,13 @@ async def target_state(request: web.Request) -> web.Response:
     waiters = request.app[WAITERS_KEY]
     key = (agent.name, agent.cluster_name)
     if wait == 0:  # no long-poll: nothing to subscribe to
-        etag = await current_etag(store, waiters.cache, key)
+        etag = await current_etag(store, waiters, key)
     else:
         etag = await etag_after_change(store, waiters, key, known, wait)
     if none_match(known, etag):
         return web.Response(status=304, headers={"ETag": etag})
-    stacks = await store.desired_state(agent.name, agent.cluster_name)
+    async with waiters.database_turn():
+        stacks = await store.desired_state(agent.name, agent.cluster_name)
     etag = state_etag(_versions(stacks))
     return web.json_response(state_document(agent, stacks), headers={"ETag": etag, "Cache-Control": "no-cache"})
 

@@ -9,7 +9,7 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from ..store import Store
 from ..store.listen import AUTH_CHANNEL, STATE_CHANNEL, listen_forever
@@ -29,6 +29,8 @@ class StateWaiters:
         self._waiting: dict[AgentKey, set[asyncio.Event]] = defaultdict(set)
         self.listening = False
         self.cache = ApiCache()
+        # Reads of woken long-polls at once: the pool's size, less two for heartbeats and events.
+        self._turns = asyncio.Semaphore(max(1, store.pool.max_size - 2))
 
     @contextlib.contextmanager
     def subscribe(self, key: AgentKey) -> Iterator[asyncio.Event]:
@@ -46,6 +48,20 @@ class StateWaiters:
                 waiters.discard(event)
                 if not waiters:
                     del self._waiting[key]
+
+    @contextlib.asynccontextmanager
+    async def database_turn(self) -> AsyncIterator[None]:
+        """A turn at the database for a target-state read.
+
+        While the database answers (the listener is connected), reads wait here for a free connection instead
+        of timing out in the pool and answering 503 when a thousand agents wake for one change. During an
+        outage they go straight to the pool, which answers 503 within its short wait.
+        """
+        if not self.listening:
+            yield
+            return
+        async with self._turns:
+            yield
 
     def wake(self, keys: list[AgentKey] | None = None) -> None:
         """Wake the waiters of `keys`, or everyone (after a reconnect, when notifications may have been missed)."""
