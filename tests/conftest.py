@@ -15,6 +15,7 @@ from stackyard.store import Store, migrate
 from stackyard.store.embedded import EmbeddedPostgres
 
 if TYPE_CHECKING:
+    from .api_harness import RunningApi
     from .emulator import KubeServer
     from .operator_harness import Cluster, OperatorThread
 
@@ -142,3 +143,21 @@ async def cluster(kube_server) -> AsyncIterator["Cluster"]:
         yield Cluster(client)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def operator_api(db_url, operator) -> AsyncIterator["RunningApi"]:
+    """The agent API over the test's database, with the operator running (the whole management side)."""
+    from .api_harness import running_api
+
+    async with running_api(db_url) as running:
+        yield running
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[tuple]:
+    """An emulated target cluster and the test's view of it, for an agent to apply into."""
+    from .loop_harness import target_cluster
+
+    async with target_cluster() as pair:
+        yield pair

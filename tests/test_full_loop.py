@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 
-import pytest
 
-from .api_harness import running_api
 from .emulator import ROOT, rules_of
 from .loop_harness import (
     NAMESPACES,
@@ -14,29 +12,16 @@ from .loop_harness import (
     configmap,
     setup_loop,
     start_agent,
-    target_cluster,
     wait_applied,
 )
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, eventually
 
 
-@pytest.fixture
-async def api(db_url, operator):
-    async with running_api(db_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def target():
-    async with target_cluster() as pair:
-        yield pair
-
-
-async def test_full_loop(api, cluster, target, tmp_path, db):
+async def test_full_loop(operator_api, cluster, target, tmp_path, db):
     target_server, target_view = target
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}
     pak_file = await setup_loop(cluster, [namespace, configmap("a", {"v": "1"}), configmap("b")], tmp_path)
-    agent = await start_agent(api.url, pak_file, target_server)
+    agent = await start_agent(operator_api.url, pak_file, target_server)
     try:
         # 1. the agent applies the objects; the Stack shows it Applied at the right sequence
         stack = await wait_applied(cluster, "web")
@@ -130,10 +115,10 @@ async def _has(target_view, name: str) -> bool:
     return name in await target_view.configmaps()
 
 
-async def test_agent_restart_keeps_its_inventory(api, cluster, target, tmp_path, db):
+async def test_agent_restart_keeps_its_inventory(operator_api, cluster, target, tmp_path, db):
     target_server, target_view = target
     pak_file = await setup_loop(cluster, [configmap("a"), configmap("b")], tmp_path)
-    agent = await start_agent(api.url, pak_file, target_server)
+    agent = await start_agent(operator_api.url, pak_file, target_server)
     try:
         await wait_applied(cluster, "web")
         before = {name: obj["metadata"]["resourceVersion"] for name, obj in (await target_view.configmaps()).items()}
@@ -141,7 +126,7 @@ async def test_agent_restart_keeps_its_inventory(api, cluster, target, tmp_path,
         await agent.stop()
     applies = db.execute("SELECT count(*) FROM agent_events WHERE event_type = 'APPLY'").fetchone()[0]
 
-    restarted = await start_agent(api.url, pak_file, target_server)
+    restarted = await start_agent(operator_api.url, pak_file, target_server)
     try:
         await eventually(lambda: _synced(restarted))
         after = {name: obj["metadata"]["resourceVersion"] for name, obj in (await target_view.configmaps()).items()}
@@ -160,10 +145,10 @@ async def _synced(running) -> bool:
     return running.agent.ready.is_set()
 
 
-async def test_stack_recreated_under_the_same_name_does_not_blink(api, cluster, target, tmp_path):
+async def test_stack_recreated_under_the_same_name_does_not_blink(operator_api, cluster, target, tmp_path):
     target_server, target_view = target
     pak_file = await setup_loop(cluster, [configmap("a")], tmp_path)
-    agent = await start_agent(api.url, pak_file, target_server, deletion_grace=10.0)
+    agent = await start_agent(operator_api.url, pak_file, target_server, deletion_grace=10.0)
     try:
         await wait_applied(cluster, "web")
         first_uid = (await target_view.configmaps())["a"]["metadata"]["uid"]
@@ -186,10 +171,10 @@ async def test_stack_recreated_under_the_same_name_does_not_blink(api, cluster, 
         await agent.stop()
 
 
-async def test_bad_yaml_is_a_failure_event_not_a_crash(api, cluster, target, tmp_path, db, store):
+async def test_bad_yaml_is_a_failure_event_not_a_crash(operator_api, cluster, target, tmp_path, db, store):
     target_server, _ = target
     pak_file = await setup_loop(cluster, [configmap("a")], tmp_path)
-    agent = await start_agent(api.url, pak_file, target_server)
+    agent = await start_agent(operator_api.url, pak_file, target_server)
     try:
         stack = await wait_applied(cluster, "web")
         import uuid
@@ -207,14 +192,14 @@ async def test_bad_yaml_is_a_failure_event_not_a_crash(api, cluster, target, tmp
         await agent.stop()
 
 
-async def test_text_outside_the_bmp_is_applied_as_kubectl_would(api, cluster, target, tmp_path):
+async def test_text_outside_the_bmp_is_applied_as_kubectl_would(operator_api, cluster, target, tmp_path):
     target_server, target_view = target
     text = {"emoji": "ship it 🚀😀", "cjk": "部署对象", "combining": "e\u0301 n\u0303", "rtl": "שלום"}
     binary = base64.b64encode(bytes(range(1, 256))).decode()  # a binary Secret (no NUL byte)
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "blob", "namespace": "apps"},
               "type": "Opaque", "data": {"blob": binary}}
     pak_file = await setup_loop(cluster, [configmap("u", text), secret], tmp_path)
-    agent = await start_agent(api.url, pak_file, target_server)
+    agent = await start_agent(operator_api.url, pak_file, target_server)
     try:
         await wait_applied(cluster, "web")
         assert (await target_view.configmaps())["u"]["data"] == text
@@ -224,7 +209,7 @@ async def test_text_outside_the_bmp_is_applied_as_kubectl_would(api, cluster, ta
         await agent.stop()
 
 
-async def test_stacks_that_ship_rbac_apply_under_the_agents_own_rbac(api, cluster, target, tmp_path):
+async def test_stacks_that_ship_rbac_apply_under_the_agents_own_rbac(operator_api, cluster, target, tmp_path):
     """The target emulator enforces RBAC escalation prevention for the rules manifests/agent/rbac.yaml grants."""
     target_server, _view = target
     target_server.emulator.held_rules = rules_of(ROOT / "manifests/agent/rbac.yaml")
@@ -238,7 +223,7 @@ async def test_stacks_that_ship_rbac_apply_under_the_agents_own_rbac(api, cluste
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
                "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "apps"}]}
     pak_file = await setup_loop(cluster, [role, cluster_role, binding], tmp_path)
-    agent = await start_agent(api.url, pak_file, target_server)
+    agent = await start_agent(operator_api.url, pak_file, target_server)
     try:
         stack = await wait_applied(cluster, "web")
         assert agent_entry(stack)["state"] == "Applied"

@@ -6,11 +6,9 @@ status (through the status subresource, as kube-controller-manager does) and the
 
 from __future__ import annotations
 
-import pytest
 
-from .api_harness import running_api
 from .kubectl import ApiResource
-from .loop_harness import CONFIGMAPS, agent_entry, configmap, setup_loop, start_agent, target_cluster, wait_applied
+from .loop_harness import CONFIGMAPS, agent_entry, configmap, setup_loop, start_agent, wait_applied
 from .operator_harness import AGENT_TARGETS, STACKS, condition, eventually
 
 DEPLOYMENTS = ApiResource("apps/v1", "Deployment", "deployments", True)
@@ -22,18 +20,6 @@ def deployment(name: str = "web") -> dict:
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}},
                                   "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}
-
-
-@pytest.fixture
-async def api(db_url, operator):
-    async with running_api(db_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def target():
-    async with target_cluster() as pair:
-        yield pair
 
 
 async def set_deployment_status(view, status: dict) -> None:
@@ -48,12 +34,12 @@ async def health_events(db) -> list[tuple[str, str]]:
         "SELECT details, status FROM agent_events WHERE event_type = 'HEALTH' ORDER BY created_at").fetchall()]
 
 
-async def test_health_follows_the_deployment_from_progressing_to_healthy_to_degraded(api, cluster, target, tmp_path,
+async def test_health_follows_the_deployment_from_progressing_to_healthy_to_degraded(operator_api, cluster, target, tmp_path,
                                                                                     db):
     target_server, view = target
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}
     pak_file = await setup_loop(cluster, [namespace, configmap("settings"), deployment()], tmp_path)
-    agent = await start_agent(api.url, pak_file, target_server, resync_interval=1.0, health_poll_max=0.5)
+    agent = await start_agent(operator_api.url, pak_file, target_server, resync_interval=1.0, health_poll_max=0.5)
     try:
         await wait_applied(cluster, "web")
 
@@ -105,12 +91,12 @@ async def _more_checks(agent, at_least: float) -> bool:
     return agent.agent.metrics.health_checks_total._value.get() >= at_least
 
 
-async def test_a_field_changed_by_another_manager_is_reported_as_drift_and_restored(api, cluster, target, tmp_path,
+async def test_a_field_changed_by_another_manager_is_reported_as_drift_and_restored(operator_api, cluster, target, tmp_path,
                                                                                    db):
     target_server, view = target
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}
     pak_file = await setup_loop(cluster, [namespace, configmap("settings", {"mode": "safe"})], tmp_path)
-    agent = await start_agent(api.url, pak_file, target_server, resync_interval=1.0)
+    agent = await start_agent(operator_api.url, pak_file, target_server, resync_interval=1.0)
     try:
         await wait_applied(cluster, "web")
         await view.client.request("PATCH", CONFIGMAPS.path("apps", "settings"), {"data": {"mode": "unsafe"}},

@@ -4,23 +4,15 @@ APPLY and HEALTH events; no target cluster is needed to say which version each o
 
 from __future__ import annotations
 
-import pytest
 
 from stackyard.agent.broker import BrokerClient
 from stackyard.protocol import stacks_of
 
-from .api_harness import running_api
 from .builders import configmap
 from .loop_harness import write_pak
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, condition, eventually
 
 NAMES = [f"edge-{i}" for i in range(10)]
-
-
-@pytest.fixture
-async def api(db_url, operator):
-    async with running_api(db_url) as running:
-        yield running
 
 
 class SimulatedAgent:
@@ -51,11 +43,11 @@ async def versions(agents: list[SimulatedAgent]) -> dict[str, int | None]:
     return {a.name: await a.version() for a in agents}
 
 
-async def test_a_new_version_reaches_agents_only_as_fast_as_they_report_it_healthy(api, operator, cluster, tmp_path):
+async def test_a_new_version_reaches_agents_only_as_fast_as_they_report_it_healthy(operator_api, operator, cluster, tmp_path):
     for name in NAMES:
         await cluster.create(AGENTS, {"metadata": {"name": name, "labels": {"fleet": "eu"}},
                                       "spec": {"clusterName": "eu-1"}})
-    agents = [SimulatedAgent(n, api.url, await write_pak(cluster, n, tmp_path / n)) for n in NAMES]
+    agents = [SimulatedAgent(n, operator_api.url, await write_pak(cluster, n, tmp_path / n)) for n in NAMES]
     try:
         await cluster.create(STACKS, {"metadata": {"name": "web"},
                                       "spec": {"resources": [configmap("a", {"v": "1"})],
