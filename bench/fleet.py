@@ -31,7 +31,7 @@ import psycopg
 from common import database, free_port, machine, percentile, progress, stackyard_process, wait_ready
 
 from stackyard import pak  # noqa: E402
-from stackyard.store.store import DESIRED_STATE_SQL  # noqa: E402
+from stackyard.store import DESIRED_STATE_SQL  # noqa: E402
 
 SHARED = "fleet/shared"
 WAIT = 55

@@ -8,13 +8,13 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from aiohttp import web
+from typing import Any
 
 from stackyard import pak
-from stackyard.api import ApiSettings, create_app
-from stackyard.api.server import ApiRunner
+from stackyard.api import ApiSettings
 from stackyard.api.waiters import StateWaiters
 from stackyard.metrics import Metrics
+from stackyard.serve import api_serving
 from stackyard.store import Store
 from stackyard.store.embedded import free_port
 
@@ -28,28 +28,18 @@ class RunningApi:
 
 
 @contextlib.asynccontextmanager
-async def running_api(db_url: str, pool_size: int = 10, **settings_overrides: float) -> AsyncIterator[RunningApi]:
-    """The API as `stackyard api` serves it (same runner, same settings unless overridden)."""
+async def running_api(db_url: str, pool_size: int = 10, listen_url: str | None = None,
+                      **settings_overrides: Any) -> AsyncIterator[RunningApi]:
+    """The API as `stackyard api` serves it (`serve.api_serving`: same pool, runner, limits and settings unless
+    overridden). `listen_url` gives the listener another way to the database (through a test's proxy)."""
     settings = ApiSettings(**settings_overrides)
-    store = await Store.open(db_url, max_size=pool_size, timeout=settings.database_timeout)
     metrics = Metrics()
-    waiters = StateWaiters(store, db_url)
-    listener = asyncio.create_task(waiters.run())
-    runner = ApiRunner(create_app(store, metrics, waiters, settings), settings.idle_timeout)
-    await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with api_serving(db_url, f"127.0.0.1:{port}", metrics, pool_size, settings, listen_url) as server:
         deadline = asyncio.get_running_loop().time() + 10
-        while not waiters.listening and asyncio.get_running_loop().time() < deadline:
+        while not server.waiters.cache.enabled and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
-        yield RunningApi(f"http://127.0.0.1:{port}", store, metrics, waiters)
-    finally:
-        await runner.cleanup()
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
-        await store.close()
+        yield RunningApi(f"http://127.0.0.1:{port}", server.store, metrics, server.waiters)
 
 
 async def make_agent(store: Store, name: str, cluster: str = "eu-1") -> tuple[uuid.UUID, str]:

@@ -37,7 +37,7 @@ def configmap(name: str, data: dict | None = None, namespace: str = "apps") -> d
 
 
 def agent_settings(**overrides: Any) -> AgentSettings:
-    values = dict(namespace="stackyard-system", heartbeat_interval=0.5, poll_wait=10, resync_interval=300.0,
+    values = dict(namespace="stackyard-system", heartbeat_interval=1.0, poll_wait=10, resync_interval=300.0,
                   retry_base=0.2, retry_max=1.0, crd_timeout=5.0, deletion_grace=0.5)
     values.update(overrides)
     return AgentSettings(**values)

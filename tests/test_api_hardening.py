@@ -17,6 +17,7 @@ import pytest
 
 from stackyard import pak
 from stackyard.api import schemas
+from stackyard.api.validation import CANONICAL_UUID
 
 from .api_harness import make_agent, make_stack, running_api
 from .test_api import call
@@ -181,11 +182,14 @@ def test_openapi_documents_every_status_and_the_uuid_path():
     document = schemas.openapi_document("test")
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            for code in ("400", "405", "413", "503"):
+            for code in ("400", "405", "413", "414", "431", "503"):
                 assert code in operation["responses"], (method, path, code)
+            if operation.get("security"):
+                assert {"401", "429"} <= set(operation["responses"]), (method, path)
+                assert "Retry-After" in operation["responses"]["429"]["headers"]
             if "{agentId}" in path:
                 (param,) = operation["parameters"]
-                assert param["schema"] == {"type": "string", "format": "uuid"}
+                assert param["schema"] == {"type": "string", "format": "uuid", "pattern": CANONICAL_UUID}
     assert "Allow" in document["paths"]["/healthz"]["get"]["responses"]["405"]["headers"]
     assert "Retry-After" in document["paths"]["/healthz"]["get"]["responses"]["503"]["headers"]
 
@@ -227,3 +231,39 @@ async def test_database_outage_answers_503_within_a_second_on_every_route(own_po
         while not await recovered():
             assert time.monotonic() < deadline, "the API recovers by itself"
             await asyncio.sleep(0.2)
+
+
+async def test_each_malformed_request_gets_its_own_status_in_json(api, http, caplog, db):
+    agent_id, token = await make_agent(api.store, "edge")
+    _, do = await make_stack(api.store, "ns/web", "a: 1\n", targets=[("edge", "eu-1")])
+    host = api.url.removeprefix("http://")
+    # an oversized header is 431, an oversized request line 414 (not a generic 400)
+    for request, expected in ((b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+                              (b"GET /healthz?" + b"q" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)):
+        status, headers, body = await raw(api.url, request.replace(b"Host: x", f"Host: {host}".encode()))
+        assert status == expected and json.loads(body)["code"] in ("headers_too_large", "uri_too_long"), status
+    # a body that does not follow its Content-Encoding is the client's error: 400, and no ERROR logged
+    event = json.dumps({"events": [{"deploymentObjectId": str(do), "eventType": "APPLY", "status": "SUCCESS"}]})
+    status, answer, _ = await call(http, "POST", f"{api.url}/api/v1/agents/self/events", token, data=b"not deflate",
+                                   headers={"Content-Encoding": "deflate", "Content-Type": "application/json"})
+    assert status == 400 and answer["code"] == "invalid_encoding", (status, answer)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # a body that is not JSON by its Content-Type: 415, nothing stored
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        status, answer, _ = await call(http, "POST", f"{api.url}/api/v1/agents/self/events", token,
+                                       data=event.encode(), headers=headers)
+        assert status == 415 and answer["code"] == "unsupported_media_type", (content_type, status)
+    assert db.execute("SELECT count(*) FROM agent_events").fetchone()[0] == 0
+    # one canonical UUID form in paths
+    for form in (str(agent_id).upper(), agent_id.hex, f"urn:uuid:{agent_id}"):
+        status, answer, _ = await call(http, "GET", f"{api.url}/api/v1/agents/{form}", token)
+        assert status == 400 and answer["code"] == "invalid_agent_id", (form, status)
+    assert (await call(http, "GET", f"{api.url}/api/v1/agents/{agent_id}", token))[0] == 200
+    # two Authorization headers: neither wins
+    other = pak.generate().token
+    for pair in ((token, other), (other, token)):
+        request = (f"GET /api/v1/agents/self HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {pair[0]}\r\n"
+                   f"Authorization: Bearer {pair[1]}\r\n\r\n").encode()
+        status, _, body = await raw(api.url, request)
+        assert status == 400 and json.loads(body)["code"] == "invalid_header", pair

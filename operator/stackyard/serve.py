@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from aiohttp import web
+
 from .api import ApiSettings, create_app
-from .api.server import ApiRunner
+from .api.app import LIMITER_KEY
+from .api.server import ApiRunner, ConnectionGuard, quiet_accept_errors
 from .api.waiters import StateWaiters
 from .config import GROUP, VERSION, OperatorConfig
 from .controller.leader import LeaseElector
@@ -40,18 +43,33 @@ async def agents_gauge_loop(store: Store, config: OperatorConfig, metrics: Metri
         await asyncio.sleep(config.heartbeat_interval)
 
 
+async def purge_once(store: Store, config: OperatorConfig, metrics: Metrics) -> dict[str, int]:
+    """One retention pass: soft-deleted rows past the retention age, then live agent events past theirs (in
+    batches, so a large backlog never holds one long transaction)."""
+    purged = dict(await store.purge_soft_deleted(config.retention_age))
+    events = 0
+    while (batch := await store.purge_agent_events(config.event_retention_age)) > 0:
+        events += batch
+    purged["agent_events_expired"] = events
+    for table, count in purged.items():
+        metrics.retention_purged_total.labels(table).inc(count)
+    return purged
+
+
 async def retention_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:
-    """Hard-delete soft-deleted rows older than the retention age, on a schedule."""
+    """Retention on a schedule (`purge_once`); a failure is logged and the next cycle tries again."""
     while True:
         try:
-            purged = await store.purge_soft_deleted(config.retention_age)
-            for table, count in purged.items():
-                metrics.retention_purged_total.labels(table).inc(count)
+            purged = await purge_once(store, config, metrics)
             if any(purged.values()):
                 log.info("retention purged %s", ", ".join(f"{n} {t}" for t, n in purged.items() if n))
         except Exception as exc:  # the loop must outlive a database outage
             log.error("retention purge failed, will retry next cycle: %s", exc)
         await asyncio.sleep(config.retention_interval)
+
+
+# Retention and the gauges: a batch of deletes may take a while on a large table, but never forever.
+MAINTENANCE_DEADLINE = 120.0
 
 
 @dataclass
@@ -61,18 +79,38 @@ class RunAddresses:
     api: str | None = None
 
 
+@dataclass
+class ApiServer:
+    """A running agent API: its store (pool), its listener and cache, its app."""
+
+    store: Store
+    waiters: StateWaiters
+    app: web.Application
+
+
 @contextlib.asynccontextmanager
 async def api_serving(
-    database_url: str, address: str, metrics: Metrics, pool_max_size: int, settings: ApiSettings
-) -> AsyncIterator[Store]:
-    """The agent API on `address` with its own pool and LISTEN connection."""
-    store = await Store.open(database_url, min_size=1, max_size=pool_max_size, timeout=settings.database_timeout)
-    waiters = StateWaiters(store, database_url)
+    database_url: str, address: str, metrics: Metrics, pool_max_size: int, settings: ApiSettings,
+    listen_url: str | None = None,
+) -> AsyncIterator[ApiServer]:
+    """The agent API on `address` with its own pool and LISTEN connection (on `listen_url` when given).
+
+    Every database call has a deadline (`settings.database_deadline`) and every connection a server-side
+    statement timeout just above it; connections beyond the limit are refused on arrival.
+    """
+    store = await Store.open(database_url, min_size=1, max_size=pool_max_size, timeout=settings.database_timeout,
+                             deadline=settings.database_deadline, statement_timeout=settings.database_deadline + 1)
+    waiters = StateWaiters(store, listen_url or database_url)
     listener = asyncio.create_task(waiters.run(), name="state-listener")
+    quiet_accept_errors(asyncio.get_running_loop(), metrics.api_accept_errors_total.inc)
     try:
         app = create_app(store, metrics, waiters, settings)
-        async with serving(app, address, ApiRunner(app, settings.idle_timeout)):
-            yield store
+        limit = app[LIMITER_KEY].max_connections()
+        guard = ConnectionGuard(limit, metrics.api_connections_refused_total.inc)
+        runner = ApiRunner(app, settings.idle_timeout, guard, shutdown_timeout=settings.shutdown_timeout)
+        async with serving(app, address, runner):
+            log.debug("the agent API accepts up to %d connections", limit)
+            yield ApiServer(store, waiters, app)
     finally:
         await _cancel(listener)
         await store.close()
@@ -89,7 +127,8 @@ async def run_all(config: OperatorConfig, addresses: RunAddresses, api_settings:
     metrics = Metrics()
     readiness = Readiness(reason="standing by for the leader Lease" if config.leader_election_namespace else "starting")
     started = asyncio.Event()
-    maintenance = await Store.open(config.database_url, min_size=1, max_size=2)
+    maintenance = await Store.open(config.database_url, min_size=1, max_size=2, deadline=MAINTENANCE_DEADLINE,
+                                   statement_timeout=MAINTENANCE_DEADLINE)
     background = [
         asyncio.create_task(retention_loop(maintenance, config, metrics), name="retention"),
         asyncio.create_task(agents_gauge_loop(maintenance, config, metrics), name="agent-gauges"),

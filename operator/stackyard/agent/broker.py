@@ -11,11 +11,14 @@ import aiohttp
 
 
 class BrokerError(Exception):
-    """A call to the broker failed; `status` is the HTTP status, 0 when unreachable."""
+    """A call to the broker failed; `status` is the HTTP status, 0 when unreachable; `retry_after` the seconds the
+    broker asked to wait (429, 503), if it said; `sent` how many items of a batch were accepted before it failed."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: float | None = None, sent: int = 0):
         super().__init__(f"{status or 'unreachable'}: {message}")
         self.status = status
+        self.retry_after = retry_after
+        self.sent = sent
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class BrokerClient:
                 payload = json.loads(text) if text and response.content_type == "application/json" else None
                 if response.status >= 400 and response.status != 304:
                     message = payload.get("message") if isinstance(payload, dict) else text[:200]
-                    raise BrokerError(response.status, str(message))
+                    raise BrokerError(response.status, str(message), _seconds(response.headers.get("Retry-After")))
                 # aiohttp's headers are case-insensitive; a plain dict is not (the server sends "Etag").
                 return response.status, response.headers.copy(), payload
         except aiohttp.ClientError as exc:
@@ -80,5 +83,18 @@ class BrokerClient:
         return StateAnswer(True, response_headers.get("ETag"), payload)
 
     async def post_events(self, events: list[dict[str, Any]]) -> None:
+        """Post events in batches of 100; a failure says how many went through (`BrokerError.sent`)."""
         for start in range(0, len(events), 100):
-            await self._call("POST", "/api/v1/agents/self/events", {"events": events[start:start + 100]})
+            try:
+                await self._call("POST", "/api/v1/agents/self/events", {"events": events[start:start + 100]})
+            except BrokerError as exc:
+                exc.sent = start
+                raise
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the date form is not used by stackyard's API)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -105,7 +105,7 @@ class StackAgent:
                 self.ready.set()
             except BrokerError as exc:
                 self.metrics.broker_errors_total.labels("target-state").inc()
-                delay = unreachable.next_delay()
+                delay = max(unreachable.next_delay(), exc.retry_after or 0.0)
                 log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
             except CALL_ERRORS as exc:  # the target cluster's API server (listing inventories)
@@ -365,8 +365,9 @@ class StackAgent:
             await self.broker.post_events(batch)
         except BrokerError as exc:
             if exc.status in (400, 404):
-                log.warning("the broker refused %d events: %s", len(batch), exc)
+                log.warning("the broker refused %d events: %s", len(batch) - exc.sent, exc)
                 return  # e.g. the stack is no longer targeted: these events have no home
             self.metrics.broker_errors_total.labels("events").inc()
-            self.outbox = batch + self.outbox
-            log.warning("reporting %d events failed, will retry: %s", len(batch), exc)
+            self.outbox = batch[exc.sent:] + self.outbox
+            del self.outbox[:-1000]
+            log.warning("reporting %d events failed, will retry: %s", len(batch) - exc.sent, exc)

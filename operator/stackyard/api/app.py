@@ -19,14 +19,18 @@ import aiohttp
 import psycopg
 import psycopg_pool
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .. import __version__, pak
-from ..protocol import WireStack, target_state_document
+from ..logs import Episodes
 from ..metrics import Metrics
+from ..protocol import WireStack, target_state_document
 from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
 from . import schemas
-from .validation import InvalidInput, none_match, parse_body, parse_wait
+from .limits import Limiter, LimitSettings, Refused
+from .validation import InvalidInput, canonical_uuid, is_json_media_type, none_match, parse_body, parse_wait
 from .waiters import StateWaiters
 
 log = logging.getLogger(__name__)
@@ -34,10 +38,13 @@ log = logging.getLogger(__name__)
 STORE_KEY = web.AppKey("store", Store)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 WAITERS_KEY = web.AppKey("waiters", StateWaiters)
+LIMITER_KEY = web.AppKey("limiter", Limiter)
+EPISODES_KEY = web.AppKey("episodes", Episodes)
 AGENT_KEY = "stackyard.agent"
 UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 CLIENT_CLOSED = 499
+UNWOKEN_RECHECK = 5.0  # seconds between reads of a long-poll's state while no notification can wake it
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,14 @@ class ApiSettings:
     idle_timeout: float = 15.0
     # A request waits at most this long for a database connection: an outage answers 503 within it.
     database_timeout: float = 0.5
+    # Every database call of a request completes within this time, or the request answers 503 and the
+    # connection is discarded (a hung or partitioned database).
+    database_deadline: float = 1.0
+    # After SIGTERM, requests still running get this long to finish (long-polls are answered at once).
+    shutdown_timeout: float = 5.0
+    # Live agent events kept per agent and deployment object (older ones are deleted as new ones arrive).
+    events_per_object: int = 50
+    limits: LimitSettings = LimitSettings()
 
 
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)
@@ -99,14 +114,20 @@ async def errors_and_metrics(request: web.Request, handler: Callable[[web.Reques
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         kept = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
         response = error_response(exc.status, code, exc.reason, kept)
+    except Refused as exc:
+        metrics.api_limited_total.labels(exc.limit).inc()
+        response = error_response(429, "too_many_requests", f"{exc.what}; retry after {exc.retry_after} s",
+                                  {"Retry-After": str(exc.retry_after)})
     except CLIENT_GONE:
         # The client disconnected mid-request: nobody reads an answer. Counted as 499 (as nginx does).
         log.debug("client disconnected while sending %s %s", request.method, request.path)
         response = error_response(CLIENT_CLOSED, "client_closed", "the client closed the connection")
     except UNAVAILABLE as exc:
-        log.warning("database unavailable while serving %s: %s", request.path, exc)
+        unavailable(request, exc)
         response = error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "2"})
     except asyncio.CancelledError:
+        # The client went away (aiohttp cancels the handler of a closed connection): counted as 499.
+        metrics.observe_request(_route_name(request), request.method, CLIENT_CLOSED, time.monotonic() - started)
         raise
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
@@ -115,26 +136,48 @@ async def errors_and_metrics(request: web.Request, handler: Callable[[web.Reques
     return response
 
 
+def unavailable(request: web.Request, exc: Exception) -> None:
+    """Log a database outage once per episode (a burst of 503s is one problem, not one line per request)."""
+    if request.app[EPISODES_KEY].starts("database"):
+        log.warning("database unavailable while serving %s: %s (answering 503 until it is back)", request.path, exc)
+
+
+def _unauthenticated(message: str) -> ApiError:
+    return ApiError(401, "unauthenticated", message, {"WWW-Authenticate": "Bearer"})
+
+
 async def authenticate(request: web.Request) -> Agent:
-    """The agent behind `Authorization: Bearer <PAK>`, or 401."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    """The agent behind `Authorization: Bearer <PAK>`, or 401 (400 for two headers; 429 for a source that keeps
+    sending unknown keys)."""
+    headers = request.headers.getall("Authorization", [])
+    if len(headers) > 1:
+        raise ApiError(400, "invalid_header", "send exactly one Authorization header")
+    scheme, _, token = (headers[0] if headers else "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthenticated", "send the agent's key as `Authorization: Bearer <PAK>`",
-                       {"WWW-Authenticate": "Bearer"})
+        raise _unauthenticated("send the agent's key as `Authorization: Bearer <PAK>`")
     key = pak.parse(token)
     if key is None:
-        raise ApiError(401, "unauthenticated", "the key is not a stackyard agent key", {"WWW-Authenticate": "Bearer"})
+        raise _unauthenticated("the key is not a stackyard agent key")
     secret_hash = key.secret_hash
     cache = request.app[WAITERS_KEY].cache
     agent = cache.identity(secret_hash)
     if agent is None:
+        failures = request.app[LIMITER_KEY].auth_failures
+        source = request.remote or ""
+        failures.check(source, "too many failed authentications from this address")
+        if cache.known_unknown(secret_hash):
+            failures.take(source, "too many failed authentications from this address")
+            raise _unauthenticated("unknown or rotated key")
         epoch = cache.epoch()
         agent = await request.app[STORE_KEY].agent_by_pak_hash(secret_hash)
-        if agent is not None and pak.matches(key, agent.pak_hash, agent.pak_key_id):
+        if agent is None:
+            cache.remember_unknown(secret_hash)
+        elif pak.matches(key, agent.pak_hash, agent.pak_key_id):
             cache.keep_identity(secret_hash, agent, epoch)
+        if agent is None or not pak.matches(key, agent.pak_hash, agent.pak_key_id):
+            failures.take(source, "too many failed authentications from this address")
     if agent is None or not pak.matches(key, agent.pak_hash, agent.pak_key_id):
-        raise ApiError(401, "unauthenticated", "unknown or rotated key", {"WWW-Authenticate": "Bearer"})
+        raise _unauthenticated("unknown or rotated key")
     return agent
 
 
@@ -147,6 +190,11 @@ async def read_json(request: web.Request, schema: dict[str, Any], required: bool
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {settings.body_timeout:g} s",
                        close=True) from None
+    except (RequestPayloadError, ContentEncodingError) as exc:  # a Content-Encoding the body does not follow
+        request.content.feed_eof()  # nothing more to read: aiohttp must not try again (and log it) after us
+        raise ApiError(400, "invalid_encoding", f"the body cannot be decoded: {exc}"[:300], close=True) from None
+    if raw and not is_json_media_type(request.headers.get("Content-Type")):
+        raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
     if not raw:
         if required:
             raise ApiError(400, "invalid_body", "a JSON body is required")
@@ -205,26 +253,35 @@ async def current_etag(store: Store, waiters: StateWaiters, key: tuple[str, str]
 
 async def etag_after_change(store: Store, waiters: StateWaiters, key: tuple[str, str], known: str | None,
                             wait: float) -> str:
-    """The long-poll: the current ETag once it differs from `known`, or after `wait` seconds."""
+    """The long-poll: the current ETag once it differs from `known`, or after `wait` seconds (or at once when the
+    process is shutting down).
+
+    While the listener is not proven alive nothing would wake it, so it reads the state again every
+    `UNWOKEN_RECHECK` seconds instead (a change still arrives; the database pays one cheap read per waiting
+    agent per period, and only during such an outage).
+    """
     with waiters.subscribe(key) as changed:  # before reading: a change in between is not missed
         etag = await current_etag(store, waiters, key)
         deadline = time.monotonic() + wait
-        while none_match(known, etag) and (remaining := deadline - time.monotonic()) > 0:
+        while (none_match(known, etag) and not waiters.closing
+               and (remaining := deadline - time.monotonic()) > 0):
+            woken = waiters.cache.enabled
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                await asyncio.wait_for(changed.wait(), remaining if woken else min(remaining, UNWOKEN_RECHECK))
             except TimeoutError:
-                break
+                if woken or time.monotonic() >= deadline:
+                    break
             changed.clear()
             etag = await current_etag(store, waiters, key)
     return etag
 
 
 def own_agent_id(request: web.Request, agent: Agent) -> None:
-    """403 unless the path's agent id is the caller's own."""
-    try:
-        asked = uuid.UUID(request.match_info["agent_id"])
-    except ValueError:
-        raise ApiError(400, "invalid_agent_id", "the agent id must be a UUID") from None
+    """403 unless the path's agent id is the caller's own (400 unless it is a UUID in its canonical form)."""
+    asked = canonical_uuid(request.match_info["agent_id"])
+    if asked is None:
+        raise ApiError(400, "invalid_agent_id", "the agent id must be a UUID in canonical form"
+                                                " (lower-case hex, 8-4-4-4-12 with dashes)")
     if asked != agent.id:
         raise ApiError(403, "forbidden", "an agent may only read its own data")
 
@@ -251,6 +308,7 @@ async def get_agent(request: web.Request) -> web.Response:
 
 async def heartbeat(request: web.Request) -> web.Response:
     agent = await authenticate(request)
+    request.app[LIMITER_KEY].heartbeats.take(agent.id, "heartbeats of this agent come too fast")
     body = await read_json(request, schemas.HEARTBEAT_REQUEST, required=False)
     try:
         at = await request.app[STORE_KEY].heartbeat(agent.id, body.get("status", "ACTIVE"))
@@ -270,10 +328,11 @@ async def target_state(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     waiters = request.app[WAITERS_KEY]
     key = (agent.name, agent.cluster_name)
-    if wait == 0:  # no long-poll: nothing to subscribe to
+    if wait == 0 or waiters.closing:  # no long-poll: nothing to subscribe to
         etag = await current_etag(store, waiters, key)
     else:
-        etag = await etag_after_change(store, waiters, key, known, wait)
+        with request.app[LIMITER_KEY].long_poll(agent.id):
+            etag = await etag_after_change(store, waiters, key, known, wait)
     if none_match(known, etag):
         return web.Response(status=304, headers={"ETag": etag})
     async with waiters.database_turn():
@@ -296,8 +355,10 @@ async def post_events(request: web.Request) -> web.Response:
         EventIn(uuid.UUID(e["deploymentObjectId"]), e["eventType"], e["status"], e.get("message", ""), e.get("details"))
         for e in body["events"]
     ]
+    request.app[LIMITER_KEY].events.take(agent.id, "events of this agent come too fast", len(events))
     try:
-        ids = await request.app[STORE_KEY].record_events(agent, events)
+        ids = await request.app[STORE_KEY].record_events(agent, events,
+                                                         request.app[SETTINGS_KEY].events_per_object)
     except NotTargeted as exc:
         raise ApiError(404, "not_targeted", f"no deployment object targeted to this agent: {exc.ids[0]}") from None
     return web.json_response({"accepted": len(ids), "ids": [str(i) for i in ids]})
@@ -337,6 +398,15 @@ def create_app(
     app[METRICS_KEY] = metrics
     app[WAITERS_KEY] = waiters
     app[SETTINGS_KEY] = settings
+    app[LIMITER_KEY] = Limiter(settings.limits)
+    app[EPISODES_KEY] = Episodes()
+
+    async def answer_long_polls(_: web.Application) -> None:
+        waiters.close()  # SIGTERM: sites have stopped accepting; waiting long-polls answer now
+
+    app.on_shutdown.append(answer_long_polls)
+    metrics.api_long_polls.set_function(app[LIMITER_KEY].long_polls)
+    metrics.api_listener_up.set_function(lambda: 1.0 if waiters.cache.enabled else 0.0)
     routes = [
         web.get("/api/v1/agents/self", get_self),
         web.post("/api/v1/agents/self/heartbeat", heartbeat),

@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import protocol
 from ..protocol import TARGET_STATE
+from .validation import CANONICAL_UUID
 
 MAX_EVENTS_PER_BATCH = 100
 MAX_MESSAGE_LENGTH = 4096
@@ -111,11 +112,17 @@ ERROR_TEXT = {
     405: "Method not allowed (see the Allow header)",
     408: "The request body did not arrive in time",
     413: "Body too large",
+    414: "Request line (URL) too long",
+    415: "The body is not JSON (Content-Type must be application/json)",
+    429: "A limit of this agent or address was reached; retry after Retry-After seconds",
+    431: "Request header too large",
     503: "Database unavailable; retry after Retry-After seconds",
 }
-# Every route can answer these: aiohttp's own refusals (400), a wrong method (405), a body sent where
+# Every route can answer these: aiohttp's own refusals (400, 414, 431), a wrong method (405), a body sent where
 # none is read (413), an outage (503).
-ALWAYS = (400, 405, 413, 503)
+ALWAYS = (400, 405, 413, 414, 431, 503)
+# Routes that authenticate can also answer 401, and 429 for an address that keeps sending unknown keys.
+AUTHENTICATED = (401, 429)
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -124,7 +131,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         response: dict[str, Any] = {"description": ERROR_TEXT[code], "content": _json({"$ref": "#/components/schemas/Error"})}
         if code == 405:
             response["headers"] = {"Allow": {"schema": {"type": "string"}}}
-        if code == 503:
+        if code in (429, 503):
             response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
         if code == 401:
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
@@ -135,7 +142,8 @@ def _errors(*codes: int) -> dict[str, Any]:
 def openapi_document(version: str, max_wait_seconds: int = 60) -> dict[str, Any]:
     """OpenAPI 3.0 document of every route the app serves (checked against the router in tests)."""
     secured: list[dict[str, list[str]]] = [{"pak": []}]
-    agent_id_param = {"name": "agentId", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    agent_id_param = {"name": "agentId", "in": "path", "required": True,
+                      "schema": {"type": "string", "format": "uuid", "pattern": CANONICAL_UUID}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "stackyard agent API", "version": version},
@@ -146,19 +154,19 @@ def openapi_document(version: str, max_wait_seconds: int = 60) -> dict[str, Any]
         "paths": {
             "/api/v1/agents/self": {"get": {
                 "summary": "This agent's identity", "security": secured,
-                "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)}, **_errors(401)},
+                "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)}, **_errors(*AUTHENTICATED)},
             }},
             "/api/v1/agents/{agentId}": {"get": {
                 "summary": "An agent's identity; only an agent's own id is allowed", "security": secured,
                 "parameters": [agent_id_param],
                 "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)},
-                              **_errors(401, 403)},
+                              **_errors(*AUTHENTICATED, 403)},
             }},
             "/api/v1/agents/self/heartbeat": {"post": {
                 "summary": "Record a heartbeat", "security": secured,
                 "requestBody": {"required": False, "content": _json(HEARTBEAT_REQUEST)},
                 "responses": {"200": {"description": "Recorded", "content": _json(HEARTBEAT_RESPONSE)},
-                              **_errors(401, 408)},
+                              **_errors(*AUTHENTICATED, 408, 415)},
             }},
             "/api/v1/agents/self/target-state": {"get": {
                 "summary": "The full desired state of this agent", "security": secured,
@@ -173,7 +181,7 @@ def openapi_document(version: str, max_wait_seconds: int = 60) -> dict[str, Any]
                             "content": _json(TARGET_STATE)},
                     "304": {"description": "Unchanged since If-None-Match",
                             "headers": {"ETag": {"schema": {"type": "string"}}}},
-                    **_errors(401),
+                    **_errors(*AUTHENTICATED),
                 },
             }},
             "/api/v1/agents/{agentId}/target-state": {"get": {
@@ -181,14 +189,14 @@ def openapi_document(version: str, max_wait_seconds: int = 60) -> dict[str, Any]
                 "parameters": [agent_id_param],
                 "responses": {"200": {"description": "Desired state", "headers": {"ETag": {"schema": {"type": "string"}}},
                                       "content": _json(TARGET_STATE)},
-                              **_errors(401, 403)},
+                              **_errors(*AUTHENTICATED, 403)},
             }},
             "/api/v1/agents/self/events": {"post": {
                 "summary": "Report a batch of events: APPLY and DELETE results, HEALTH changes, DRIFT repairs",
                 "security": secured,
                 "requestBody": {"required": True, "content": _json(EVENTS_REQUEST)},
                 "responses": {"200": {"description": "Stored", "content": _json(EVENTS_RESPONSE)},
-                              **_errors(401, 404, 408)},
+                              **_errors(*AUTHENTICATED, 404, 408, 415)},
             }},
             "/api/v1/openapi.json": {"get": {
                 "summary": "This document", "responses": {"200": {"description": "OpenAPI document",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,10 @@ from jsonschema.exceptions import ValidationError
 MAX_DEPTH = 16
 _WAIT = re.compile(r"[0-9]{1,4}")
 _ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
+# The one form of a UUID in a path: lower-case hex, 8-4-4-4-12 (RFC 9562 §4; no braces, urn: or upper case).
+CANONICAL_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_CANONICAL_UUID = re.compile(CANONICAL_UUID[:-1] + r"\Z")
+_JSON_MEDIA = re.compile(r"\s*application/(?:[A-Za-z0-9.!#$&^_-]+\+)?json\s*(?:;.*)?\Z", re.IGNORECASE | re.DOTALL)
 
 
 class InvalidInput(ValueError):
@@ -120,3 +125,13 @@ def none_match(header: str | None, etag: str) -> bool:
             return True
         position = match.end()
     return False
+
+
+def canonical_uuid(raw: str) -> uuid.UUID | None:
+    """The UUID in `raw` when it is written in its canonical form, else None."""
+    return uuid.UUID(raw) if _CANONICAL_UUID.match(raw) else None
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON (`application/json`, `application/x+json`, with parameters)."""
+    return content_type is not None and _JSON_MEDIA.match(content_type) is not None

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 
 from ..store import Store
-from ..store.listen import AUTH_CHANNEL, STATE_CHANNEL, listen_forever
+from ..store.listen import AUTH_CHANNEL, STATE_CHANNEL, Liveness, PingSettings, listen_forever
 from .cache import ApiCache
 
 log = logging.getLogger(__name__)
@@ -23,12 +23,14 @@ AgentKey = tuple[str, str]
 class StateWaiters:
     """One listener per API process; each waiting request holds an asyncio.Event keyed by (agent, cluster)."""
 
-    def __init__(self, store: Store, url: str):
+    def __init__(self, store: Store, url: str, ping: PingSettings | None = None):
         self.store = store
         self.url = url
+        self.ping = ping or PingSettings()
         self._waiting: dict[AgentKey, set[asyncio.Event]] = defaultdict(set)
         self.listening = False
-        self.cache = ApiCache()
+        self.closing = False  # the process is shutting down: long-polls answer at once
+        self.cache = ApiCache(Liveness(max_age=self.ping.interval + self.ping.timeout))
         # Reads of woken long-polls at once: the pool's size, less two for heartbeats and events.
         self._turns = asyncio.Semaphore(max(1, store.pool.max_size - 2))
 
@@ -63,6 +65,15 @@ class StateWaiters:
         async with self._turns:
             yield
 
+    def waiting(self) -> int:
+        """How many long-polls are subscribed now."""
+        return sum(len(events) for events in self._waiting.values())
+
+    def close(self) -> None:
+        """Answer every waiting long-poll now and every new one at once (SIGTERM)."""
+        self.closing = True
+        self.wake()
+
     def wake(self, keys: list[AgentKey] | None = None) -> None:
         """Wake the waiters of `keys`, or everyone (after a reconnect, when notifications may have been missed)."""
         for key in list(self._waiting) if keys is None else keys:
@@ -72,20 +83,22 @@ class StateWaiters:
     async def run(self) -> None:
         """Listen forever, reconnecting with backoff; never raises except on cancellation."""
         await listen_forever(self.url, [STATE_CHANNEL, AUTH_CHANNEL], self._on_notify, self._on_state,
-                             "state listener")
+                             "state listener", self.cache.liveness, self.ping)
 
     def _on_state(self, listening: bool) -> None:
         self.listening = listening
-        self.cache.listening(listening)
-        if listening:
-            self.wake()  # anything may have changed while not listening
+        self.cache.drop_all()
+        # Up: anything may have changed while not listening. Down: nothing will wake them now, so each long-poll
+        # reads its state once and then re-reads it on a timer until the listener is back.
+        self.wake()
+
 
     async def _on_notify(self, channel: str, payload: str) -> None:
         if channel == AUTH_CHANNEL:
             try:
                 data = json.loads(payload)
             except ValueError:
-                self.cache.listening(self.listening)  # unreadable: drop everything
+                self.cache.drop_all()  # unreadable: drop everything
                 return
             self.cache.drop_identity(data.get("pak_hash"), str(data.get("agent_id")))
             return
@@ -93,7 +106,7 @@ class StateWaiters:
             return  # nobody to wake, nothing to drop
         keys = await self._keys(payload)
         if keys is None:
-            self.cache.listening(self.listening)  # unreadable: drop everything, wake everyone
+            self.cache.drop_all()  # unreadable: drop everything, wake everyone
             self.wake()
             return
         self.cache.drop_etags(keys)

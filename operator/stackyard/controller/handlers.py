@@ -198,7 +198,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     ctx: Context = memo.ctx
     config = ctx.config
     configure_settings(settings, config)
-    ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size, timeout=config.pool_timeout)
+    ctx.store = await Store.open(config.database_url, max_size=config.pool_max_size, timeout=config.pool_timeout,
+                                 deadline=config.database_deadline, statement_timeout=config.database_deadline)
     ctx.kube = Kube(kube_configuration(config.kube_connection), user_agent="stackyard-operator")
     ctx.mirror = Mirror(
         store=ctx.store,

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..protocol import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_UNKNOWN
 from ..store import Agent, DeploymentObject, TargetRow
-from ..store.store import EventRow
+from ..store import EventRow
 
 MAX_AGENTS_IN_STATUS = 100
 MAX_STATUS_MESSAGE = 512

@@ -1,38 +1,35 @@
 """PostgreSQL schema, migrations and queries. The only place that holds SQL."""
 
+from .agents import Agent
+from .base import Conflict, DatabaseTimeout, Immutable, NotFound, NotPermitted, NotTargeted, StoreError
+from .desired import DESIRED_STATE_SQL, DesiredStack
+from .events import EventIn, EventRow
 from .migrate import migrate
-from .store import (
-    Agent,
-    Conflict,
-    DeploymentObject,
-    DesiredStack,
-    EmitResult,
-    EventIn,
-    Immutable,
-    NotFound,
-    NotPermitted,
-    NotTargeted,
-    Store,
-    StoreError,
-    TargetRow,
-    sha256_hex,
-    target_row_id,
-)
+from .stacks import EMPTY_SHA256, LATEST_SQL, DeploymentObject, EmitResult, sha256_hex
+from .store import TABLES, Store
+from .targets import TARGET_ROWS_SQL, TargetRow, target_row_id
 
 __all__ = [
     "Agent",
     "Conflict",
+    "DESIRED_STATE_SQL",
+    "DatabaseTimeout",
     "DeploymentObject",
     "DesiredStack",
+    "EMPTY_SHA256",
     "EmitResult",
     "EventIn",
+    "EventRow",
     "Immutable",
+    "LATEST_SQL",
     "NotFound",
     "NotPermitted",
     "NotTargeted",
-    "TargetRow",
     "Store",
     "StoreError",
+    "TABLES",
+    "TARGET_ROWS_SQL",
+    "TargetRow",
     "migrate",
     "sha256_hex",
     "target_row_id",

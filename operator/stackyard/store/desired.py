@@ -1,0 +1,74 @@
+"""The desired state of an agent: for every stack targeted to it, the version released to it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from psycopg.rows import class_row
+
+from .base import StoreBase
+
+
+@dataclass(frozen=True)
+class DesiredStack:
+    """One stack of an agent's desired state: its latest live deployment object."""
+
+    stack_id: uuid.UUID
+    stack_name: str
+    stack_deleted: bool
+    deployment_object_id: uuid.UUID
+    sequence_id: int
+    yaml_checksum: str
+    yaml_content: str
+    is_deletion_marker: bool
+
+
+class DesiredStateQueries(StoreBase):
+    """What the agent API serves: the full desired state, or only its versions (for an ETag)."""
+
+    async def desired_state(self, agent_name: str, cluster_name: str) -> list[DesiredStack]:
+        """For every stack targeted to (agent, cluster): its latest live deployment object.
+
+        For a soft-deleted stack that is its deletion marker. Ordered by stack name.
+        """
+        async with self.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(DesiredStack))
+            return await (await cur.execute(DESIRED_STATE_SQL, (agent_name, cluster_name))).fetchall()
+
+    async def desired_versions(self, agent_name: str, cluster_name: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """(stack id, deployment object id) of the desired state, without the YAML: enough for an ETag."""
+        async with self.connection() as conn:
+            rows = await (await conn.execute(DESIRED_VERSIONS_SQL, (agent_name, cluster_name))).fetchall()
+            return [(stack_id, do_id) for stack_id, do_id in rows]
+
+
+# The version released to each target (agent_targets.released_sequence; NULL: the latest), and the deletion
+# marker whatever was released: a deleted stack leaves every agent.
+_RELEASED = """
+         WHERE stack_id = s.id AND deleted_at IS NULL
+           AND (t.released_sequence IS NULL OR sequence_id <= t.released_sequence OR is_deletion_marker)
+         ORDER BY sequence_id DESC
+         LIMIT 1) d"""
+
+DESIRED_STATE_SQL = """
+SELECT s.id AS stack_id, s.name AS stack_name, s.deleted_at IS NOT NULL AS stack_deleted,
+       d.id AS deployment_object_id, d.sequence_id, d.yaml_checksum, d.yaml_content, d.is_deletion_marker
+  FROM agent_targets t
+  JOIN stacks s ON s.id = t.stack_id
+  CROSS JOIN LATERAL (
+        SELECT id, sequence_id, yaml_checksum, yaml_content, is_deletion_marker
+          FROM deployment_objects""" + _RELEASED + """
+ WHERE t.agent_name = %s AND t.cluster_name = %s
+ ORDER BY s.name, s.id
+"""
+
+DESIRED_VERSIONS_SQL = """
+SELECT s.id, d.id
+  FROM agent_targets t
+  JOIN stacks s ON s.id = t.stack_id
+  CROSS JOIN LATERAL (
+        SELECT id FROM deployment_objects""" + _RELEASED + """
+ WHERE t.agent_name = %s AND t.cluster_name = %s
+ ORDER BY s.name, s.id
+"""
