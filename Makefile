@@ -45,6 +45,8 @@ run: $(STAMP)
 	  echo "Start a local one (kind create cluster, or k3d cluster create) or point KUBECONFIG at one, then run make run again."; \
 	  exit 1; }
 	$(BIN)/kubectl apply --server-side -f crds/
+	@# A CRD just created is served only once Established: starting the watches earlier gets errors back.
+	$(BIN)/kubectl wait --for condition=established --timeout=60s -f crds/ >/dev/null
 	$(BIN)/stackyard run
 
 clean:

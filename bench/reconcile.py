@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import os
 import tempfile
 import time
@@ -31,9 +32,14 @@ from common import (PeakRss, database, free_port, kubeconfig, log_of, machine, p
 from stackyard.kube import Kube, Ref, load_configuration, url_configuration  # noqa: E402
 
 
+# A namespace of this run's own: Stacks a run leaves behind (a finalizer outlives an operator that was killed)
+# never collide with the next run's, and the run removes its own before it stops the operator.
+NAMESPACE = f"stackyard-bench-{secrets.token_hex(3)}"
+
+
 def stack(i: int) -> dict:
     return {"apiVersion": "stackyard.dev/v1alpha1", "kind": "Stack",
-            "metadata": {"name": f"bench-{i:05d}", "namespace": "bench"},
+            "metadata": {"name": f"bench-{i:05d}", "namespace": NAMESPACE},
             "spec": {"resources": [{"apiVersion": "v1", "kind": "ConfigMap",
                                     "metadata": {"name": f"cm-{i}-{j}", "namespace": "apps"},
                                     "data": {"index": str(i), "part": str(j)}} for j in range(5)]}}
@@ -68,7 +74,7 @@ class Writes:
 
 async def wait_observed(client, count: int, generation: int) -> None:
     while True:
-        listing = await client.list("stackyard.dev/v1alpha1", "Stack", "bench")
+        listing = await client.list("stackyard.dev/v1alpha1", "Stack", NAMESPACE)
         done = sum(1 for item in listing if (item.get("status") or {}).get("observedGeneration") == generation
                    and item["metadata"]["generation"] == generation)
         if done >= count:
@@ -85,7 +91,7 @@ async def count_writes(client, writes: Writes, count: int, changes: int) -> dict
     for i in range(changes):
         body = stack(i)
         body["spec"]["resources"][0]["data"]["index"] = f"{i}-changed"
-        await client.merge_patch(Ref("stackyard.dev/v1alpha1", "Stack", body["metadata"]["name"], "bench"),
+        await client.merge_patch(Ref("stackyard.dev/v1alpha1", "Stack", body["metadata"]["name"], NAMESPACE),
                                  {"spec": body["spec"]})
         writes.own += 1
     await wait_observed(client, changes, 2)
@@ -98,6 +104,27 @@ async def count_writes(client, writes: Writes, count: int, changes: int) -> dict
     results["resync"] = (idle_stacks - changed_stacks) / count / 2
     results["resync_events"] = (idle_events - changed_events) / count / 2
     return results
+
+
+async def clean_up(client: Kube, proc) -> None:
+    """Delete this run's Stacks while the operator still runs (it removes their finalizers), then the namespace."""
+    if proc.poll() is not None:
+        progress(f"the operator is gone: Stacks in namespace {NAMESPACE} keep their finalizer; delete them with"
+                 f" the operator running")
+        return
+    progress(f"deleting the Stacks of namespace {NAMESPACE}")
+    listing = await client.list("stackyard.dev/v1alpha1", "Stack", NAMESPACE)
+    semaphore = asyncio.Semaphore(32)
+
+    async def delete(name: str) -> None:
+        async with semaphore:
+            await client.delete(Ref("stackyard.dev/v1alpha1", "Stack", name, NAMESPACE))
+
+    await asyncio.gather(*(delete(item["metadata"]["name"]) for item in listing))
+    deadline = time.monotonic() + 120
+    while await client.list("stackyard.dev/v1alpha1", "Stack", NAMESPACE) and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+    await client.delete(Ref("v1", "Namespace", NAMESPACE))
 
 
 async def run(count: int, changes: int) -> None:
@@ -124,7 +151,7 @@ async def run(count: int, changes: int) -> None:
         client = Kube(url_configuration(server_url) if server_url else load_configuration(), user_agent="stackyard-bench",
                       workers=16)
         try:
-            await prepare_cluster(client, "bench")
+            await prepare_cluster(client, NAMESPACE)
             await asyncio.sleep(2)  # let the operator start its watches
             progress(f"creating {count} Stacks")
             started = time.monotonic()
@@ -142,7 +169,7 @@ async def run(count: int, changes: int) -> None:
                 while True:
                     rss.sample()
                     stored = conn.execute("SELECT count(*) FROM deployment_objects").fetchone()[0]
-                    listing = await client.list("stackyard.dev/v1alpha1", "Stack", "bench")
+                    listing = await client.list("stackyard.dev/v1alpha1", "Stack", NAMESPACE)
                     ready = sum(1 for item in listing if any(
                         c.get("type") == "Ready" and c.get("status") == "True"
                         for c in (item.get("status") or {}).get("conditions", [])))
@@ -163,6 +190,7 @@ async def run(count: int, changes: int) -> None:
                 writes.own = count
                 written = await count_writes(client, writes, count, min(changes, count))
         finally:
+            await clean_up(client, proc)
             proc.terminate()
             proc.wait(timeout=60)
             await client.close()

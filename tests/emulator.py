@@ -15,6 +15,7 @@ import asyncio
 import collections
 import copy
 import datetime
+import json
 import re
 import secrets
 import threading
@@ -36,6 +37,26 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
+
+
+DISCOVERY_PATH = re.compile(r"^/(api/v1|apis/[^/]+/[^/]+)/?$")
+
+
+def discovery(response: aiohttp.web.StreamResponse) -> aiohttp.web.StreamResponse:
+    """An APIResourceList as the API server writes it: the core group's `groupVersion` is `v1` (kmock writes
+    `/v1`, and kubectl then finds no core kind at all), and categories and short names belong to a resource, not
+    to its subresources (`kubectl get <category>` would otherwise ask for `agents/status`)."""
+    body = getattr(response, "body", None)
+    if not isinstance(body, bytes):
+        return response
+    document = json.loads(body)
+    if document.get("groupVersion") == "/v1":
+        document["groupVersion"] = "v1"
+    for entry in document.get("resources") or ():
+        if "/" in entry.get("name", ""):
+            entry.pop("categories", None)
+            entry.pop("shortNames", None)
+    return aiohttp.web.json_response(document, status=response.status)
 
 
 def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
@@ -73,6 +94,21 @@ def selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+def only_removes(patch: Any) -> bool:
+    """True for a merge patch whose every leaf is null (it deletes keys and sets nothing)."""
+    if not isinstance(patch, dict) or not patch:
+        return False
+    leaves = [patch]
+    while leaves:
+        item = leaves.pop()
+        for value in item.values():
+            if isinstance(value, dict):
+                leaves.append(value)
+            elif value is not None:
+                return False
+    return True
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: null deletes a key."""
     if not isinstance(patch, dict):
@@ -84,6 +120,31 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+# Label syntax, as the API server validates it on every write (apimachinery's validation.IsQualifiedName and
+# IsValidLabelValue): a key is an optional DNS-subdomain prefix and "/", then a name of at most 63
+# characters; a value is empty or at most 63 characters of the same alphabet.
+# https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def invalid_labels(labels: Any) -> str | None:
+    """Why the API server would refuse these metadata.labels (422), or None."""
+    if labels is None:
+        return None
+    if not isinstance(labels, dict):
+        return "metadata.labels: Invalid value: must be a map of strings"
+    for key, value in labels.items():
+        prefix, _, name = str(key).rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix))) or not _LABEL_NAME.fullmatch(name):
+            return f"metadata.labels: Invalid value: {key!r}: name part must consist of alphanumeric characters," \
+                   " '-', '_' or '.', at most 63 characters"
+        if not isinstance(value, str) or (value and not _LABEL_NAME.fullmatch(value)):
+            return f"metadata.labels: Invalid value: {value!r}: must be no more than 63 characters of" \
+                   " alphanumerics, '-', '_' or '.', beginning and ending with an alphanumeric character"
+    return None
 
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -173,6 +234,10 @@ class Emulator(kmock.KubernetesEmulator):
         manager = (getattr(request, "params", None) or {}).get("fieldManager") or "unknown"
         if current is not None and operation == "Update" and obj == current:
             return
+        if current is not None and operation == "Update" and only_removes(getattr(request, "data", None)):
+            # A write that only removes fields leaves its manager owning nothing, and the API server drops a
+            # managedFields entry whose field set is empty: a removal leaves no trace of who did it.
+            return
         subresource = getattr(request, "subresource", None)
         entries = [e for e in obj["metadata"].get("managedFields") or ()
                    if (e.get("manager"), e.get("operation"), e.get("subresource")) != (manager, operation, subresource)]
@@ -194,7 +259,10 @@ class Emulator(kmock.KubernetesEmulator):
         return sum(n for (m, path), n in served.items() if (method is None or m == method) and path_contains in path)
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        """The namespace collection, which kmock 0.8 cannot even parse (a 500 before any handler runs)."""
+        """The namespace collection, which kmock 0.8 cannot even parse (a 500 before any handler runs); and
+        discovery as the API server serves it (`discovery`)."""
+        if DISCOVERY_PATH.match(raw_request.path) and raw_request.method == "GET":
+            return discovery(await super().__call__(raw_request))
         if raw_request.path.rstrip("/") != "/api/v1/namespaces":
             return await super().__call__(raw_request)
         method = raw_request.method.upper()
@@ -360,6 +428,9 @@ class Emulator(kmock.KubernetesEmulator):
     async def _create(self, request: kmock.Request, body: Any) -> aiohttp.web.StreamResponse:
         if not isinstance(body, dict):
             return _status(400, "BadRequest", "the body must be an object")
+        refused = invalid_labels((body.get("metadata") or {}).get("labels"))
+        if refused is not None:
+            return _status(422, "Invalid", refused)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
@@ -434,6 +505,9 @@ class Emulator(kmock.KubernetesEmulator):
             if new.get("status") is None:
                 new.pop("status", None)
             meta = new.setdefault("metadata", {})
+            refused = invalid_labels(meta.get("labels"))
+            if refused is not None:
+                return _status(422, "Invalid", refused)
             for fixed in ("uid", "creationTimestamp", "name", "namespace", "managedFields"):
                 if fixed in current.get("metadata", {}):
                     meta[fixed] = current["metadata"][fixed]

@@ -15,7 +15,7 @@ def examples() -> list[tuple[str, dict]]:
     found = []
     for path in sorted((ROOT / "examples").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
+            if doc and doc["apiVersion"].startswith("stackyard.dev/"):
                 found.append((f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc))
     return found
 

@@ -30,6 +30,8 @@ EXPECTED = {
         "pak_key_id": TEXT,  # beyond the data design: a key authenticates only with the id it was issued with
         "namespace": TEXT, "allowed_namespaces": ("ARRAY", None),  # beyond the data design: tenancy
         "selector_labels": ("jsonb", None),  # beyond the data design: metadata.labels, for agentSelector
+        # beyond the data design: what the agent holds (its heartbeat), and when its Agent began to be deleted
+        "held_stacks": ("integer", None), "deleting_since": TS,
     },
     "deployment_objects": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "sequence_id": ("bigint", None),
@@ -46,7 +48,7 @@ EXPECTED = {
         "namespace": TEXT,  # beyond the data design: the AgentTarget's namespace (tenancy)
         "released_sequence": ("bigint", None),  # beyond the data design: the version the rollout released
         # beyond the data design: the agent's newest apply and HEALTH events on this stack (bounded status reads)
-        "last_event_id": UUID, "last_health_event_id": UUID,
+        "last_event_id": UUID, "last_health_event_id": UUID, "last_drift_event_id": UUID,
     },
     "labels": {"id": UUID, "external_object_id": UUID, "label": varchar(255)},
     "annotations": {"id": UUID, "external_object_id": UUID, "key": varchar(255), "value": TEXT},

@@ -94,7 +94,7 @@ async def test_events_for_problems_and_milestones_never_for_heartbeats(operator,
         return [e for e in _about(await _events(cluster), "dupes") if e["type"] == "Warning"]
 
     warning = (await eventually(stalled_event))[0]
-    assert "DuplicateResource" in warning["message"]
+    assert warning["reason"] == "DuplicateResource" and "both ConfigMap a" in warning["message"]
     assert warning["involvedObject"]["kind"] == "Stack"
 
     # milestones: a deployment object emitted, a key issued, a key rotated

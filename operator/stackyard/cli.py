@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -101,8 +102,6 @@ def cmd_db_url(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
-
     from .config import OperatorConfig
     from .durations import duration_seconds, parse_duration
     from .serve import RunAddresses, run_all
@@ -117,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             retention_age=parse_duration(args.retention_age),
             retention_interval=duration_seconds(args.retention_interval),
             event_retention_age=parse_duration(args.event_retention_age),
+            agent_deletion_timeout=duration_seconds(args.agent_deletion_timeout),
             leader_election_namespace=args.leader_election_namespace or None,
             identity=os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}",
         )
@@ -128,8 +128,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    import asyncio
-
     from .serve import run_api
 
     with migrated_database(args) as url:
@@ -218,6 +216,8 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     add_option(run, "--resync-interval", "periodic status resync (safety net behind LISTEN/NOTIFY)", "30s")
     add_option(run, "--retention-age", "hard-delete soft-deleted rows older than this", "7d")
     add_option(run, "--retention-interval", "how often the retention purge runs", "1h")
+    add_option(run, "--agent-deletion-timeout",
+               "a deleted Agent's agent gets this long to remove what it holds before its key is revoked", "5m")
     add_option(run, "--event-retention-age",
                "delete live agent events older than this (the newest of each kind per target stays)", "7d")
     add_option(run, "--leader-election-namespace",
@@ -227,7 +227,6 @@ def add_run(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    import asyncio
     from pathlib import Path
 
     from .agent.loop import AgentSettings
@@ -272,8 +271,6 @@ def _store_url(args: argparse.Namespace) -> str | None:
 
 
 def cmd_dbagent(args: argparse.Namespace) -> int:
-    import asyncio
-
     from .dbagent.main import check_status, run_dbagent
 
     if args.action == "status":
@@ -325,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:  # a task cancelled while the process stopped (SIGTERM): a stop, not a failure
+        log.info("%s stopped", args.command)
+        return 0
     except Exception as exc:  # a command's last line of defence: say what failed, no traceback at INFO
         log.error("%s failed: %s", args.command, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return 1

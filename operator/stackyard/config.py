@@ -33,6 +33,8 @@ class OperatorConfig:
     pool_timeout: float = 5.0
     # Every database call of the operator completes within this, or fails as unavailable (and is retried).
     database_deadline: float = 15.0
+    # A deleted Agent's agent gets this long to remove what it holds before its key is revoked regardless.
+    agent_deletion_timeout: float = 300.0
     # Lease-based leader election: the namespace of the Lease (None: no election, run at once).
     leader_election_namespace: str | None = None
     identity: str = ""

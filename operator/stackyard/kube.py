@@ -22,6 +22,7 @@ import asyncio
 import functools
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -186,6 +187,7 @@ class Kube:
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()
+        shutil.rmtree(self._cache_dir, ignore_errors=True)  # the discovery cache is this client's alone
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking client call in the pool."""

@@ -85,6 +85,7 @@ class Metrics:
             "stackyard_db_pool_connections", "PostgreSQL pool connections by state (size, idle, waiting).", ["state"],
             registry=r,
         )
+        self.task_errors_total = task_errors(r)
         self.retention_purged_total = Counter(
             "stackyard_retention_purged_rows", "Soft-deleted rows hard-deleted by retention, by table.", ["table"],
             registry=r,
@@ -137,6 +138,12 @@ class Metrics:
         self.db_pool_connections.labels("waiting").set(stats.get("requests_waiting", 0))
 
 
+def task_errors(registry: CollectorRegistry) -> Counter:
+    """The one counter of unexpected errors in long-running loops (`tasks.forever`), by loop."""
+    return Counter("stackyard_task_errors", "Unexpected errors in a long-running loop, which went on, by task.",
+                   ["task"], registry=registry)
+
+
 class AgentMetrics:
     """Metrics of `stackyard agent` (its own registry)."""
 
@@ -167,4 +174,5 @@ class AgentMetrics:
         self.health_checks_total = Counter(
             "stackyard_agent_health_checks", "Health checks of a stack's objects (one GET per object).", registry=r
         )
+        self.task_errors_total = task_errors(r)
 

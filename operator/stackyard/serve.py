@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import psycopg
+import psycopg_pool
 from aiohttp import web
 
 from .api import ApiSettings, create_app
@@ -25,22 +27,29 @@ from .httpserver import Readiness, metrics_app, serving, split_address
 from .kube import CALL_ERRORS, Kube, describe, kube_configuration
 from .metrics import Metrics
 from .store import Store
+from .tasks import forever
+
+UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
 
 log = logging.getLogger(__name__)
 
 
 async def agents_gauge_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:
     """Keep `stackyard_agents{phase}` current (every heartbeat interval), by the one phase rule `agent_phase`."""
-    while True:
+    async def step() -> None:
         try:
-            now = datetime.now(timezone.utc)
-            phases = Counter(agent_phase(beat, now, config.stale_after) for beat in await store.agent_heartbeats())
-            for phase in ("Pending", "Active", "Stale"):
-                metrics.agents.labels(phase).set(phases.get(phase, 0))
-            metrics.observe_pool(store.pool.get_stats())
-        except Exception as exc:  # a database outage must not end the loop
+            beats = await store.agent_heartbeats()
+        except UNAVAILABLE as exc:  # an outage: the gauges keep their last values
             log.debug("agent phase counts unavailable: %s", exc)
-        await asyncio.sleep(config.heartbeat_interval)
+            return
+        now = datetime.now(timezone.utc)
+        phases = Counter(agent_phase(beat, now, config.stale_after) for beat in beats)
+        for phase in ("Pending", "Active", "Stale"):
+            metrics.agents.labels(phase).set(phases.get(phase, 0))
+        metrics.observe_pool(store.pool.get_stats())
+
+    await forever("agent phase gauges", step, config.heartbeat_interval, log,
+                  metrics.task_errors_total.labels("agent-gauges").inc)
 
 
 async def purge_once(store: Store, config: OperatorConfig, metrics: Metrics) -> dict[str, int]:
@@ -57,15 +66,17 @@ async def purge_once(store: Store, config: OperatorConfig, metrics: Metrics) -> 
 
 
 async def retention_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:
-    """Retention on a schedule (`purge_once`); a failure is logged and the next cycle tries again."""
-    while True:
+    """Retention on a schedule (`purge_once`); an outage is logged and the next cycle tries again."""
+    async def step() -> None:
         try:
             purged = await purge_once(store, config, metrics)
-            if any(purged.values()):
-                log.info("retention purged %s", ", ".join(f"{n} {t}" for t, n in purged.items() if n))
-        except Exception as exc:  # the loop must outlive a database outage
-            log.error("retention purge failed, will retry next cycle: %s", exc)
-        await asyncio.sleep(config.retention_interval)
+        except UNAVAILABLE as exc:
+            log.warning("retention purge failed (the database is unavailable), will retry next cycle: %s", exc)
+            return
+        if any(purged.values()):
+            log.info("retention purged %s", ", ".join(f"{n} {t}" for t, n in purged.items() if n))
+
+    await forever("retention", step, config.retention_interval, log, metrics.task_errors_total.labels("retention").inc)
 
 
 # Retention and the gauges: a batch of deletes may take a while on a large table, but never forever.

@@ -62,3 +62,30 @@ def test_malformed_selectors_are_refused_with_a_reason(selector, problem):
     with pytest.raises(InvalidSpec) as refused:
         selector_query(selector, "spec.agentSelector")
     assert refused.value.reason == "InvalidSelector" and problem in refused.value.message
+
+
+def test_input_nested_deeper_than_the_bound_stalls_instead_of_recursing():
+    deep: dict = {}
+    leaf = deep
+    for _ in range(400):  # the API server accepts this; rendering it used to raise RecursionError
+        leaf["k"] = {}
+        leaf = leaf["k"]
+    with pytest.raises(InvalidSpec) as raised:
+        render_stack({"resources": [configmap("deep", {"x": "y"}) | {"data": deep}]})
+    assert raised.value.reason == "TooDeep" and "401 levels" in raised.value.message
+    fine = {"a": {"b": {"c": {"d": "e"}}}}
+    assert render_stack({"resources": [configmap("ok") | {"data": fine}]})[1] == 1
+
+
+@pytest.mark.parametrize("selector,fragment", [
+    ({"matchLabels": {"region zone": "eu"}}, "not a label key"),
+    ({"matchLabels": {"region": "e u"}}, "not a label value"),
+    ({"matchLabels": {"x" * 64: "eu"}}, "not a label key"),
+    ({"matchExpressions": [{"key": "Tier!", "operator": "Exists"}]}, "not a label key"),
+    ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a b"]}]}, "not a label value"),
+])
+def test_a_selector_on_something_no_label_can_be_is_refused_not_silently_empty(selector, fragment):
+    with pytest.raises(InvalidSpec) as raised:
+        selector_query(selector, "spec.agentSelector")
+    assert raised.value.reason == "InvalidSelector" and fragment in raised.value.message
+    assert selector_query({"matchLabels": {"stackyard.dev/region": "eu-west_1.a"}}, "s") == "stackyard.dev/region=eu-west_1.a"

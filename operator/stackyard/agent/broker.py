@@ -70,8 +70,9 @@ class BrokerClient:
     async def identity(self) -> dict[str, Any]:
         return (await self._call("GET", "/api/v1/agents/self"))[2]
 
-    async def heartbeat(self) -> None:
-        await self._call("POST", "/api/v1/agents/self/heartbeat", {"status": "ACTIVE"})
+    async def heartbeat(self, report: Mapping[str, Any] | None = None) -> None:
+        """Post a heartbeat with the agent's report (`StackAgent.heartbeat_report`)."""
+        await self._call("POST", "/api/v1/agents/self/heartbeat", dict(report or {"status": "ACTIVE"}))
 
     async def target_state(self, etag: str | None, wait: int) -> StateAnswer:
         headers = {"If-None-Match": etag} if etag else {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from ..backoff import Backoff
 from ..kube import CALL_ERRORS, Kube, Ref, describe
 from ..protocol import DRIFT_EVENT, HEALTH_EVENT, HEALTH_HEALTHY, MAX_DRIFTED_IN_EVENT, WireStack, apply_rank, stacks_of
 from ..metrics import AgentMetrics
+from ..tasks import forever
 from .broker import BrokerClient, BrokerError
 from .drift import drift
 from .health import object_health, stack_health
@@ -71,61 +73,71 @@ class StackAgent:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     health_due: dict[str, float] = field(default_factory=dict)  # deployment object -> next check (monotonic)
     health_backoffs: dict[str, Backoff] = field(default_factory=dict)
+    held_stacks: int | None = None  # stacks with an inventory in the cluster at the last sync (None: not synced)
     reported_health: dict[str, dict[str, Any]] = field(default_factory=dict)  # deployment object -> last summary
 
     # The loop ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Heartbeat and sync until cancelled."""
-        beats = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
+        """Heartbeat and sync until cancelled; neither task ends on an unexpected error (`tasks.forever`)."""
+        errors = self.metrics.task_errors_total
+        beats = asyncio.create_task(forever("heartbeat", self._heartbeat, self.settings.heartbeat_interval, log,
+                                            errors.labels("heartbeat").inc), name="heartbeat")
+        unreachable = Backoff(self.settings.retry_base, self.settings.retry_max)
         try:
-            await self._sync_forever()
+            await forever("sync", lambda: self._sync(unreachable), 0.0, log, errors.labels("sync").inc,
+                          Backoff(self.settings.retry_base, self.settings.retry_max))
         finally:
             beats.cancel()
 
-    async def _heartbeat_forever(self) -> None:
-        while True:
-            try:
-                await self.broker.heartbeat()
-            except BrokerError as exc:
-                self.metrics.broker_errors_total.labels("heartbeat").inc()
-                log.warning("heartbeat failed (%s); next in %.0fs", exc, self.settings.heartbeat_interval)
-            await asyncio.sleep(self.settings.heartbeat_interval)
+    def heartbeat_report(self) -> dict[str, Any]:
+        """What a heartbeat says: alive, and how many stacks the agent still holds in its cluster (the operator
+        waits for none before it lets a deleted Agent go)."""
+        report: dict[str, Any] = {"status": "ACTIVE"}
+        if self.held_stacks is not None:
+            report["heldStacks"] = self.held_stacks
+        return report
 
-    async def _sync_forever(self) -> None:
-        unreachable = Backoff(self.settings.retry_base, self.settings.retry_max)
-        while True:
-            try:
-                answer = await self.broker.target_state(self.etag, self._wait_seconds())
-                unreachable.reset()
-                if answer.changed and answer.document is not None:
-                    self.etag = answer.etag
-                    self.desired = stacks_of(answer.document)
-                await self.sync_once()
-                self.ready.set()
-            except BrokerError as exc:
-                self.metrics.broker_errors_total.labels("target-state").inc()
-                delay = max(unreachable.next_delay(), exc.retry_after or 0.0)
-                log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-            except CALL_ERRORS as exc:  # the target cluster's API server (listing inventories)
-                delay = unreachable.next_delay()
-                log.warning("cannot reach the cluster (%s); retrying in %.1fs", describe(exc), delay)
-                await asyncio.sleep(delay)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must survive anything; say what happened and go on
-                delay = unreachable.next_delay()
-                log.exception("unexpected error in the sync loop; retrying in %.1fs", delay)
-                await asyncio.sleep(delay)
+    async def _heartbeat(self) -> float | None:
+        try:
+            await self.broker.heartbeat(self.heartbeat_report())
+        except BrokerError as exc:
+            self.metrics.broker_errors_total.labels("heartbeat").inc()
+            delay = max(self.settings.heartbeat_interval, exc.retry_after or 0.0)
+            log.warning("heartbeat failed (%s); next in %.0fs", exc, delay)
+            return delay
+        return None
+
+    async def _sync(self, unreachable: Backoff) -> float:
+        """One long-poll and one sync cycle; the broker's and the cluster's errors wait with backoff."""
+        try:
+            answer = await self.broker.target_state(self.etag, self._wait_seconds())
+            unreachable.reset()
+            if answer.changed and answer.document is not None:
+                self.etag = answer.etag
+                self.desired = stacks_of(answer.document)
+            await self.sync_once()
+            self.ready.set()
+            return 0.0
+        except BrokerError as exc:
+            self.metrics.broker_errors_total.labels("target-state").inc()
+            delay = max(unreachable.next_delay(), exc.retry_after or 0.0)
+            log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, delay)
+            return delay
+        except CALL_ERRORS as exc:  # the target cluster's API server (listing inventories)
+            delay = unreachable.next_delay()
+            log.warning("cannot reach the cluster (%s); retrying in %.1fs", describe(exc), delay)
+            return delay
 
     def _wait_seconds(self) -> int:
-        """Long-poll no longer than the next retry or drift repair is due."""
+        """Long-poll until the next retry, deletion, health check or drift repair is due: rounded up (the API
+        takes whole seconds), and never under one second, so a timer that is due, or stays due because its work
+        failed, costs at most one request a second instead of a loop of `wait=0` polls."""
         now = time.monotonic()
         due = [b.next_at for b in self.backoffs.values() if b.attempts] + [
             self.last_full_apply + self.settings.resync_interval
         ] + [since + self.settings.deletion_grace for since in self.dead_since.values()] + list(self.health_due.values())
-        return max(0, min(self.settings.poll_wait, int(min(due) - now)))
+        return max(1, min(self.settings.poll_wait, math.ceil(min(due) - now)))
 
     # One cycle ------------------------------------------------------------------
 
@@ -133,15 +145,20 @@ class StackAgent:
         """Plan (a pure function of the desired state and the inventories), then carry the plan out."""
         started = time.monotonic()
         drift_due = started - self.last_full_apply >= self.settings.resync_interval
-        decided = plan(self.desired, await self._inventories(), started, self.dead_since, self.backoffs,
+        inventories = await self._inventories()
+        decided = plan(self.desired, inventories, started, self.dead_since, self.backoffs,
                        self.reported_markers, self.settings.deletion_grace, drift_due, self.health_due)
+        held = set(inventories)
         for deletion in decided.deletions:  # deletions before applies
-            await self._delete_dead_stack(deletion)
+            if await self._delete_dead_stack(deletion):
+                held.discard(deletion.stack_id)
         for marker in decided.nothing_to_remove:
             self._event(marker, "DELETE", "SUCCESS", "nothing to remove")
             self.reported_markers.add(marker.deployment_object_id)
         for apply in decided.applies:
             await self._apply_stack(apply)
+            held.add(apply.stack.stack_id)  # its inventory is written before anything is applied
+        self.held_stacks = len(held)
         for stack, objects in decided.health_checks:
             await self._check_health(stack, objects)
         self._forget_health(s.deployment_object_id for s in self.desired)
@@ -161,8 +178,8 @@ class StackAgent:
                 found[inventory.stack_id] = inventory
         return found
 
-    async def _delete_dead_stack(self, deletion: Deletion) -> None:
-        """Remove what a dead stack left (the planner already spared what live stacks claim)."""
+    async def _delete_dead_stack(self, deletion: Deletion) -> bool:
+        """Remove what a dead stack left (the planner already spared what live stacks claim); True when done."""
         inventory, marker = deletion.inventory, deletion.marker
         try:
             removed = await self._delete_objects(deletion.objects)
@@ -173,13 +190,14 @@ class StackAgent:
                 self._event(marker, "DELETE", "FAILURE", f"removing the stack's objects failed: {message}")
             log.warning("removing objects of stack %s failed, will retry: %s", inventory.stack_name or deletion.stack_id,
                         message)
-            return
+            return False
         reason = "deleted" if marker is not None else "no longer targeted to this agent"
         log.info("stack %s is %s: removed %d objects", inventory.stack_name or deletion.stack_id, reason, removed)
         self.dead_since.pop(deletion.stack_id, None)
         if marker is not None:
             self._event(marker, "DELETE", "SUCCESS", f"removed {removed} objects")
             self.reported_markers.add(marker.deployment_object_id)
+        return True
 
     async def _apply_stack(self, apply: Apply) -> None:
         stack, objects, inventory = apply.stack, apply.objects, apply.inventory
@@ -207,8 +225,10 @@ class StackAgent:
         self.backoffs.pop(stack.deployment_object_id, None)
         if drifted:
             self._report_drift(stack, drifted)
-        if apply.repair:
-            return  # a drift repair of a version already reported applied: no new APPLY event
+        if apply.repair:  # a drift repair of a version already reported applied: no new APPLY event
+            if self.health_due.get(stack.deployment_object_id, 0.0) <= time.monotonic():
+                await self._check_health(stack, objects)  # a repair cycle does not skip a health check due
+            return
         self.metrics.applies_total.labels("success").inc()
         message = f"applied {len(objects)} objects" + (f", pruned {pruned}" if pruned else "")
         log.info("stack %s sequence %d: %s", stack.stack_name, stack.sequence_id, message)
@@ -220,9 +240,9 @@ class StackAgent:
     def _report_drift(self, stack: WireStack, drifted: list[dict[str, Any]]) -> None:
         for entry in drifted:
             self.metrics.drift_corrections_total.labels(entry["kind"]).inc()
-        described = "; ".join(f"{d['object']} ({', '.join(d['fields'][:3])}) by {', '.join(d['managers'])}"
-                              for d in drifted[:3])
-        message = f"Drifted: {len(drifted)} objects changed by another field manager, applied again: {described}"
+        described = "; ".join(f"{d['object']} ({', '.join(d['fields'][:3])})"
+                              + (f" by {', '.join(d['managers'])}" if d["managers"] else "") for d in drifted[:3])
+        message = f"Drifted: {len(drifted)} objects changed or removed by someone else, applied again: {described}"
         log.info("stack %s sequence %d: %s", stack.stack_name, stack.sequence_id, message)
         details = {"drifted": [{"object": d["object"], "managers": d["managers"][:10], "fields": d["fields"][:20]}
                                for d in drifted[:MAX_DRIFTED_IN_EVENT]]}

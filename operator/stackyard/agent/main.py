@@ -52,15 +52,19 @@ async def run_agent(broker_url: str, pak_file: Path, settings: AgentSettings, me
     health = web.Application()
     health.router.add_get("/healthz", healthz)
     try:
-        identity = await broker.identity()
-        log.info("agent %s in cluster %s connected to %s", identity["name"], identity["clusterName"], broker_url)
-    except Exception as exc:  # keep going: the loop retries and reports
-        log.warning("could not fetch the agent identity yet: %s", exc)
-    async with serving(metrics_app(metrics), metrics_address), serving(health, health_address):
-        task = asyncio.create_task(agent.run(), name="agent")
-        await stop.wait()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    await broker.close()
-    await kube.close()
+        # Listen first: a port already taken fails the start at once, before anything is opened elsewhere.
+        async with serving(metrics_app(metrics), metrics_address), serving(health, health_address):
+            try:
+                identity = await broker.identity()
+                log.info("agent %s in cluster %s connected to %s", identity["name"], identity["clusterName"],
+                         broker_url)
+            except Exception as exc:  # keep going: the loop retries and reports
+                log.warning("could not fetch the agent identity yet: %s", exc)
+            task = asyncio.create_task(agent.run(), name="agent")
+            await stop.wait()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:  # whatever ended the agent, its HTTP session and its Kubernetes client are closed
+        await broker.close()
+        await kube.close()

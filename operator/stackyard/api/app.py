@@ -311,7 +311,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     request.app[LIMITER_KEY].heartbeats.take(agent.id, "heartbeats of this agent come too fast")
     body = await read_json(request, schemas.HEARTBEAT_REQUEST, required=False)
     try:
-        at = await request.app[STORE_KEY].heartbeat(agent.id, body.get("status", "ACTIVE"))
+        at = await request.app[STORE_KEY].heartbeat(agent.id, body.get("status", "ACTIVE"), body.get("heldStacks"))
     except NotFound:
         raise ApiError(401, "unauthenticated", "the agent was deleted") from None
     return web.json_response({"lastHeartbeat": at.isoformat()})

@@ -23,7 +23,11 @@ ERROR = {
 HEARTBEAT_REQUEST = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"status": {"type": "string", "enum": ["ACTIVE", "DEGRADED"]}},
+    "properties": {
+        "status": {"type": "string", "enum": ["ACTIVE", "DEGRADED"]},
+        "heldStacks": {"type": "integer", "minimum": 0, "maximum": 1000000,
+                       "description": "stacks the agent holds in its cluster (an inventory each) after its last sync"},
+    },
 }
 
 _TEXT = {"type": "string", "maxLength": 600, "pattern": STORABLE_TEXT}

@@ -18,6 +18,8 @@ import jsonschema
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
+from ..jsonshape import depth
+
 MAX_DEPTH = 16
 _WAIT = re.compile(r"[0-9]{1,4}")
 _ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
@@ -46,19 +48,6 @@ def _whole_pattern(validator: Any, pattern: str, instance: Any, schema: dict[str
 
 
 StrictValidator = jsonschema.validators.extend(Draft7Validator, {"pattern": _whole_pattern})
-
-
-def depth(value: Any) -> int:
-    """Nesting depth of a JSON value (a scalar is 0), computed without recursion."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
-    return deepest
 
 
 def unstorable(value: Any) -> str | None:

@@ -90,3 +90,12 @@ def stalled_outcome(reason: str, message: str) -> Outcome:
 
 def retrying_outcome(reason: str, message: str, ready: str = "Unknown") -> Outcome:
     return Outcome(ready, reason, message, reconciling=True)
+
+
+def becomes_stalled(previous: Mapping[str, Any], generation: int | None, reason: str) -> bool:
+    """True unless `previous` already shows this generation Stalled for `reason` (an operator restart, a resync
+    reaching the same verdict): a Stalled object is announced once, not on every pass."""
+    if previous.get("observedGeneration") != generation:
+        return True
+    return not any(c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") == reason
+                   for c in previous.get("conditions") or () if isinstance(c, Mapping))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..kube import CALL_ERRORS, Kube, describe
-from .conditions import now_rfc3339
+from .conditions import becomes_stalled, now_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +48,36 @@ async def post_event(kube: Kube, ref: Mapping[str, Any], type_: str, reason: str
         await kube.create(body)
     except CALL_ERRORS as exc:
         log.warning("could not post the %s event %s: %s", type_, reason, describe(exc))
+
+
+class Stalls:
+    """The last Stalled verdict announced per object (uid -> (generation, reason)), shared by the handlers and the
+    mirror, which can reach the same verdict at the same moment from different snapshots of the status."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[Any, str]] = {}
+
+    def first(self, uid: str, generation: Any, reason: str) -> bool:
+        """Record a verdict; True the first time this object is Stalled for `reason` at `generation`."""
+        if self._last.get(uid) == (generation, reason):
+            return False
+        self._last[uid] = (generation, reason)
+        return True
+
+
+async def announce_stall(kube: Kube, ref: Mapping[str, Any], previous: Mapping[str, Any],
+                         status: Mapping[str, Any], stalls: Stalls) -> None:
+    """When a status path (the mirror, a resync) made an object Stalled: log it and post a Warning Event named
+    after the reason, once (as the handlers do), not on every pass that reaches the same verdict."""
+    stalled = next((c for c in status.get("conditions") or () if isinstance(c, Mapping)
+                    and c.get("type") == "Stalled" and c.get("status") == "True"), None)
+    if stalled is None:
+        return
+    generation, reason = status.get("observedGeneration"), str(stalled.get("reason"))
+    uid = str((ref.get("metadata") or {}).get("uid"))
+    if not becomes_stalled(previous, generation, reason) or not stalls.first(uid, generation, reason):
+        return
+    meta = ref.get("metadata") or {}
+    log.warning("%s %s/%s is stalled (%s): %s", ref.get("kind"), meta.get("namespace"), meta.get("name"),
+                stalled.get("reason"), stalled.get("message"))
+    await post_event(kube, ref, "Warning", str(stalled.get("reason")), str(stalled.get("message")))

@@ -13,7 +13,8 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -21,14 +22,18 @@ import psycopg
 import psycopg_pool
 
 from ..config import FINALIZER, GROUP, VERSION, OperatorConfig
-from ..kube import CALL_ERRORS, DynamicApiError, Kube, describe, kube_configuration
+from ..kube import CALL_ERRORS, DynamicApiError, Kube, Ref, describe, kube_configuration
+from ..logs import Episodes
 from ..metrics import Metrics
 from ..store import Store
-from .conditions import Outcome, now_rfc3339, retrying_outcome, stalled_outcome
+from .conditions import Outcome, becomes_stalled, conditions_for, now_rfc3339, retrying_outcome, stalled_outcome
+from .events import MAX_EVENT_MESSAGE, Stalls, announce_stall, post_event
 from .mirror import Mirror, register_indexes, report_failures
-from .observe import agent_status_patch, agent_target_status_patch, stack_status_patch, with_outcome
+from .observe import STACK_STATUS_KEYS, agent_status_patch, agent_target_status_patch, with_outcome
 from .reconcile import (
     Result,
+    agent_release,
+    observe_stack,
     delete_agent,
     delete_agent_target,
     delete_stack,
@@ -37,10 +42,13 @@ from .reconcile import (
     reconcile_stack,
 )
 from .render import InvalidSpec
+from .status import visible
 from .storage import StatusDigestDiffBaseStorage
 
+log = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout, *CALL_ERRORS)
 MAX_RETRY_DELAY = 30.0
+AGENT_RELEASE_POLL = 1.0  # seconds between checks of a deleted Agent's agent (it heartbeats every 10 s)
 
 
 @dataclass
@@ -49,6 +57,8 @@ class Context:
 
     config: OperatorConfig
     metrics: Metrics
+    defects: Episodes = field(default_factory=lambda: Episodes(quiet=3600.0))  # internal errors, logged once
+    stalls: Stalls = field(default_factory=Stalls)  # Stalled verdicts announced (one Event each)
     store: Store | None = None
     kube: Kube | None = None
     mirror: Mirror | None = None
@@ -128,8 +138,17 @@ async def run_reconcile(
     retry: int,
     work: Callable[[], Awaitable[Result]],
 ) -> None:
-    """Run one reconcile and record its outcome; the only place errors become conditions."""
+    """Run one reconcile and record its outcome; the only place errors become conditions.
+
+    Input that retrying cannot fix ends Stalled, with one Warning Event named after the reason when the
+    object becomes Stalled (not again on every restart), and the handler returns: Kopf records the generation
+    as handled, and nothing retries it until the spec changes. A transient error is retried with backoff. Any
+    other error is a defect: its traceback goes to the operator's log once per object and kind of error, the
+    object gets `Ready=False`/`InternalError` and a retry, and no Event or condition carries a traceback or a
+    path of the server.
+    """
     started = time.monotonic()
+    previous = body.get("status") or {}
     try:
         try:
             result = await work()
@@ -141,9 +160,13 @@ async def run_reconcile(
     except InvalidSpec as exc:
         ctx.metrics.reconcile_total.labels(kind, "stalled").inc()
         ctx.metrics.reconcile_errors_total.labels(kind, exc.reason).inc()
-        write_outcome(patch, body, stalled_outcome(exc.reason, exc.message), {})
-        logger.warning("%s is stalled (%s): %s", kind, exc.reason, exc.message)
-        raise kopf.PermanentError(f"{exc.reason}: {exc.message}") from None
+        write_outcome(patch, body, stalled_outcome(exc.reason, exc.message), exc.status)
+        generation = body.get("metadata", {}).get("generation")
+        if becomes_stalled(previous, generation, exc.reason) and ctx.stalls.first(
+                str(body.get("metadata", {}).get("uid")), generation, exc.reason):
+            log.warning("%s %s is stalled (%s): %s", kind, object_name(body), exc.reason, exc.message)
+            kopf.event(body, type="Warning", reason=exc.reason, message=exc.message[:MAX_EVENT_MESSAGE])
+        return
     except TRANSIENT_ERRORS as exc:
         database = isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout))
         reason = "DatabaseUnavailable" if database else "KubernetesAPIError"
@@ -151,8 +174,17 @@ async def run_reconcile(
         ctx.metrics.reconcile_total.labels(kind, "retry").inc()
         ctx.metrics.reconcile_errors_total.labels(kind, reason).inc()
         write_outcome(patch, body, retrying_outcome(reason, f"will retry: {detail}"), {})
-        logger.warning("%s reconcile failed (%s), retrying: %s", kind, reason, detail)
+        log.warning("%s %s reconcile failed (%s), retrying: %s", kind, object_name(body), reason, detail)
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
+    except Exception as exc:  # a defect: say so plainly, keep the traceback in the log, retry slowly
+        ctx.metrics.reconcile_total.labels(kind, "retry").inc()
+        ctx.metrics.reconcile_errors_total.labels(kind, "InternalError").inc()
+        what = type(exc).__name__
+        if ctx.defects.starts(f"{body.get('metadata', {}).get('uid')}/{what}"):
+            log.error("reconciling %s %s failed with an internal error", kind, object_name(body), exc_info=exc)
+        message = f"reconciling failed with an internal error ({what}); the operator's log has the details"
+        write_outcome(patch, body, retrying_outcome("InternalError", message, ready="False"), {})
+        raise kopf.TemporaryError(f"internal error ({what}); see the operator's log", delay=MAX_RETRY_DELAY) from None
     finally:
         ctx.metrics.reconcile_duration_seconds.labels(kind).observe(time.monotonic() - started)
     if result.outcome.ready == "True":
@@ -162,6 +194,11 @@ async def run_reconcile(
         logger.info("%s is waiting (%s): %s", kind, result.outcome.reason, result.outcome.message)
     write_outcome(patch, body, result.outcome, result.status)
     post_milestones(body, result)
+
+
+def object_name(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
 async def run_delete(ctx: Context, kind: str, logger: kopf.Logger, retry: int, work: Callable[[], Awaitable[None]]) -> None:
@@ -212,6 +249,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
         targets_by_agent=kwargs["targets_by_agent"],
         agents_by_uid=kwargs["agents_by_uid"],
         selector_targets=kwargs["selector_targets"],
+        stalls=ctx.stalls,
     )
     ctx.mirror_task = asyncio.create_task(ctx.mirror.run(), name="status-mirror")
     logger.info("store opened; status mirror started")
@@ -272,18 +310,41 @@ async def stack_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, r
 
 
 @tolerant
-async def stack_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Safety net behind the mirror: targets and agents as the store has them."""
+async def stack_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+                       **kwargs: Any) -> None:
+    """Safety net behind the mirror and Kopf's own bookkeeping: the whole status, recomputed from the spec and
+    the store (never from what the status says), written when it differs; a generation no handler observed is
+    reconciled here."""
     ctx: Context = memo.ctx
-    previous = body.get("status") or {}
-    if not previous.get("stackId"):
+    if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    status = await stack_status_patch(ctx.require_store(), uuid.UUID(previous["stackId"]), previous)
-    ctx.metrics.observe_stack(previous["stackId"], status or previous)
-    if status is not None:
+    if unobserved(body):
+        await stack_changed(body=body, patch=patch, memo=memo, logger=logger, retry=0)
+        return
+    try:
+        result = await observe_stack(ctx.require_store(), body, now_rfc3339())
+    except InvalidSpec as exc:
+        result = Result(stalled_outcome(exc.reason, exc.message), exc.status)
+    if result.needs_write:
+        await stack_changed(body=body, patch=patch, memo=memo, logger=logger, retry=0)
+        return
+    previous = body.get("status") or {}
+    status = with_outcome(result, body["metadata"].get("generation"), previous)
+    ctx.metrics.observe_stack(body["metadata"]["uid"], status)
+    keys = tuple(key for key in STACK_STATUS_KEYS if key in status)  # a Stalled spec leaves the rest as it was
+    if visible(status, keys) != visible(previous, keys):
         patch.status.update(status)
-        await report_failures(ctx.require_kube(), body, previous.get("agents"), status["agents"])
+        if "agents" in status:
+            await report_failures(ctx.require_kube(), body, previous.get("agents"), status["agents"])
         ctx.metrics.status_patches_total.labels("Stack").inc()
+
+
+def unobserved(body: Mapping[str, Any]) -> bool:
+    """True when the object's current generation was never observed: Kopf merged changes that ended where they
+    started (A->B->A: no diff, no handler), or a forged `status.kopf` made it think the work was done."""
+    meta = body.get("metadata") or {}
+    return meta.get("generation") is not None and (body.get("status") or {}).get(
+        "observedGeneration") != meta.get("generation")
 
 
 # AgentTarget ------------------------------------------------------------------------------------
@@ -291,38 +352,34 @@ async def stack_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_:
 
 async def agent_target_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
                                retry: int, **_: Any) -> None:
-    """Bind what the AgentTarget selects; its Stacks (old and new) count it at once."""
+    """Bind what the AgentTarget selects; its Stacks (old and new) count it at once: the mirror hears every target
+    row written or deleted (`stackyard_state`)."""
     ctx: Context = memo.ctx
 
-    async def work() -> Result:
-        result = await reconcile_agent_target(ctx.require_store(), body)
-        note_stacks(ctx, body, result.status.get("stackId"))
-        return result
-
-    await run_reconcile(ctx, "AgentTarget", body, patch, logger, retry, work)
+    await run_reconcile(ctx, "AgentTarget", body, patch, logger, retry,
+                        lambda: reconcile_agent_target(ctx.require_store(), body))
 
 
 async def agent_target_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
                                **_: Any) -> None:
+    """Remove its target rows (their stacks recount at once: the mirror hears the rows go)."""
     ctx: Context = memo.ctx
     await run_delete(ctx, "AgentTarget", logger, retry, lambda: delete_agent_target(ctx.require_store(), body))
-    note_stacks(ctx, body)
-
-
-def note_stacks(ctx: Context, body: kopf.Body, *stack_ids: str | None) -> None:
-    """The Stacks an AgentTarget pointed at and points at now show the change in their status promptly."""
-    if ctx.mirror is not None:
-        for stack_id in {(body.get("status") or {}).get("stackId"), *stack_ids}:
-            if stack_id:
-                ctx.mirror.note_stack(uuid.UUID(stack_id))
 
 
 @tolerant
-async def agent_target_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+async def agent_target_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+                              **_: Any) -> None:
+    """Safety net: the status as the store has it; a generation no handler observed is reconciled here."""
     ctx: Context = memo.ctx
-    status = await agent_target_status_patch(ctx.require_store(), body, body.get("status") or {})
+    if unobserved(body) and not body.get("metadata", {}).get("deletionTimestamp"):
+        await agent_target_changed(body=body, patch=patch, memo=memo, logger=logger, retry=0)
+        return
+    previous = body.get("status") or {}
+    status = await agent_target_status_patch(ctx.require_store(), body, previous)
     if status is not None:
         patch.status.update(status)
+        await announce_stall(ctx.require_kube(), body, previous, status, ctx.stalls)
         ctx.metrics.status_patches_total.labels("AgentTarget").inc()
 
 
@@ -344,23 +401,59 @@ async def agent_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, log
 
 
 async def agent_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any) -> None:
+    """Let the agent remove what it holds (its desired state is empty from now on), then revoke its key."""
     ctx: Context = memo.ctx
-    await run_delete(ctx, "Agent", logger, retry, lambda: delete_agent(ctx.require_store(), body))
+    await run_delete(ctx, "Agent", logger, retry, lambda: release_agent(ctx, body))
     if ctx.mirror is not None:  # selector AgentTargets drop it
         ctx.mirror.note_agent(uuid.UUID(body["metadata"]["uid"]))
 
 
+async def release_agent(ctx: Context, body: kopf.Body) -> None:
+    """Wait (polling the store) until `agent_release` lets the Agent go, showing why in its status meanwhile."""
+    store, agent_id = ctx.require_store(), uuid.UUID(body["metadata"]["uid"])
+    shown = ""
+    while True:
+        agent = await store.begin_agent_deletion(agent_id)
+        decision = agent_release(agent, datetime.now(timezone.utc), ctx.config.stale_after,
+                                 ctx.config.agent_deletion_timeout)
+        if decision.done:
+            break
+        if decision.message != shown:
+            shown = decision.message
+            log.info("Agent %s is being deleted: %s", object_name(body), decision.message)
+            outcome = retrying_outcome("Deleting", decision.message, ready="False")
+            conditions = conditions_for(outcome, body["metadata"].get("generation"), (body.get("status") or {}).get(
+                "conditions"))
+            await ctx.require_kube().merge_patch(Ref(f"{GROUP}/{VERSION}", "Agent", body["metadata"]["name"],
+                                                     body["metadata"]["namespace"]),
+                                                 {"status": {"conditions": conditions}}, "status")
+        await asyncio.sleep(AGENT_RELEASE_POLL)
+    if decision.left_behind:
+        log.warning("Agent %s deleted: %s", object_name(body), decision.message)
+        await post_event(ctx.require_kube(), body, "Warning", "ObjectsLeftBehind", decision.message)
+    await delete_agent(store, body)
+
+
 @tolerant
-async def agent_phase_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Phase (Pending, Active, Stale) as time passes without heartbeats."""
+async def agent_phase_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+                            **_: Any) -> None:
+    """Phase (Pending, Active, Stale) as time passes without heartbeats. The agent is the store's row of this
+    object's uid, never what the status says."""
     ctx: Context = memo.ctx
-    previous = body.get("status") or {}
-    if not previous.get("agentId"):
+    if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    status = await agent_status_patch(ctx.require_store(), uuid.UUID(previous["agentId"]), previous, ctx.config)
+    previous = body.get("status") or {}
+    status = await agent_status_patch(ctx.require_store(), uuid.UUID(body["metadata"]["uid"]), previous, ctx.config)
     if status is not None:
         patch.status.update(status)
         ctx.metrics.status_patches_total.labels("Agent").inc()
+
+
+async def agent_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A generation no handler observed (Kopf merged changes that ended where they started, or a forged
+    `status.kopf`) is reconciled here, once the Agent has been idle for a resync interval."""
+    if unobserved(body) and not body.get("metadata", {}).get("deletionTimestamp"):
+        await agent_changed(body=body, patch=patch, memo=memo, logger=logger, retry=0)
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -377,7 +470,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     for plural, changed, deleted, timer in (
         ("stacks", stack_changed, stack_deleted, stack_resync),
         ("agenttargets", agent_target_changed, agent_target_deleted, agent_target_resync),
-        ("agents", agent_changed, agent_deleted, None),
+        ("agents", agent_changed, agent_deleted, agent_resync),
     ):
         for register in (kopf.on.resume, kopf.on.create, kopf.on.update):
             register(GROUP, VERSION, plural, registry=registry)(changed)

@@ -1,7 +1,10 @@
 """Mirrors agents' heartbeats and events from PostgreSQL into the custom resources' status.
 
-Triggers NOTIFY on heartbeats (`stackyard_agents`) and events
-(`stackyard_events`). The mirror coalesces notifications for a few
+Triggers NOTIFY on heartbeats (`stackyard_agents`), events
+(`stackyard_events`) and target rows written or deleted (`stackyard_state`:
+an AgentTarget bound or removed, a grant revoked, an Agent relabelled, a
+rollout release), so a Stack's counts follow its set of targets within the
+coalescing window, whoever changed it. The mirror coalesces notifications for a few
 milliseconds, recomputes the status of the affected Agents, Stacks and
 AgentTargets, and patches only what people would see change (phase, state,
 sequence, a new event) or, for heartbeat times, at a coarse throttle. Kopf
@@ -21,12 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import psycopg
+import psycopg_pool
 
 from ..config import GROUP, VERSION
-from ..kube import Kube, NotFoundError, Ref
+from ..kube import CALL_ERRORS, Kube, NotFoundError, Ref
+from ..logs import Episodes
 from ..store import Store
-from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, listen_forever
-from .events import post_event
+from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, STATE_CHANNEL, listen_forever
+from ..tasks import forever
+from .events import Stalls, announce_stall, post_event
 from .observe import agent_status_patch, agent_target_status_patch, stack_status_patch
 from .status import newly_failed
 
@@ -35,6 +42,7 @@ log = logging.getLogger(__name__)
 API_VERSION = f"{GROUP}/{VERSION}"
 SELECTORS = "all"  # the one key of the selector_targets index
 COALESCE_SECONDS = 0.05
+TRANSIENT: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout, *CALL_ERRORS)
 
 
 def first(index: Any, key: Any) -> Any:
@@ -69,6 +77,8 @@ class Mirror:
     dirty_target_refs: dict[tuple[str, str], float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     listening: bool = False
+    outages: Episodes = field(default_factory=Episodes)
+    stalls: Stalls = field(default_factory=Stalls)
 
     async def run(self) -> None:
         """Listen and flush until cancelled; never raises otherwise."""
@@ -79,8 +89,8 @@ class Mirror:
             flusher.cancel()
 
     async def _listen_forever(self) -> None:
-        await listen_forever(self.database_url, [AGENTS_CHANNEL, EVENTS_CHANNEL], self._on_notify, self._on_state,
-                             "status mirror")
+        await listen_forever(self.database_url, [AGENTS_CHANNEL, EVENTS_CHANNEL, STATE_CHANNEL], self._on_notify,
+                             self._on_state, "status mirror")
 
     def _on_state(self, listening: bool) -> None:
         self.listening = listening
@@ -89,6 +99,9 @@ class Mirror:
         self._note(channel, payload)
 
     def _note(self, channel: str, payload: str) -> None:
+        if channel == STATE_CHANNEL:
+            self._note_target_row(payload)
+            return
         try:
             data = json.loads(payload)
             agent_id = uuid.UUID(data["agent_id"])
@@ -100,17 +113,33 @@ class Mirror:
             self.dirty_stacks.setdefault(uuid.UUID(data["stack_id"]), at)
         self.wake.set()
 
+    def _note_target_row(self, payload: str) -> None:
+        """A target row changed: its Stack's targets did. (A bare stack id is a new version, which the Stack's own
+        reconcile writes into its status already.)"""
+        if not payload.startswith("{"):
+            return
+        try:
+            stack_id = json.loads(payload).get("stack_id")
+            if stack_id:
+                self.note_stack(uuid.UUID(stack_id))
+        except (ValueError, TypeError, AttributeError):
+            return
+
     async def _flush_forever(self) -> None:
-        while True:
+        """Flush whenever something was noted; an outage is logged once and the resync timers catch up, and an
+        unexpected error is `tasks.forever`'s to log, count and survive."""
+        async def step() -> float:
             await self.wake.wait()
             await asyncio.sleep(COALESCE_SECONDS)
             self.wake.clear()
             try:
                 await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the timers will catch up; the mirror must not die
-                log.warning("status mirror could not write status, the periodic resync will: %s", exc)
+            except TRANSIENT as exc:
+                if self.outages.starts("flush"):
+                    log.warning("status mirror could not write status, the periodic resync will: %s", exc)
+            return 0.0
+
+        await forever("status mirror", step, 0.0, log, self.metrics.task_errors_total.labels("status-mirror").inc)
 
     async def flush(self) -> None:
         """Write the status of everything noted since the last flush."""
@@ -174,6 +203,8 @@ class Mirror:
             if status is not None:
                 meta = target["body"]["metadata"]
                 await self._patch_status("AgentTarget", meta["namespace"], meta["name"], status, at)
+                ref = {"apiVersion": API_VERSION, "kind": "AgentTarget", "metadata": meta}
+                await announce_stall(self.kube(), ref, target["status"], status, self.stalls)
 
     async def _mirror_agent(self, agent_id: uuid.UUID, at: float) -> None:
         agent = await self.store.get_agent(agent_id)

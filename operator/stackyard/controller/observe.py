@@ -25,9 +25,11 @@ from .rollout import advance
 from .status import heartbeat_is_old, last_event_status, visible
 
 STACK_KEYS = ("targets", "agents", "rollout", "conditions")
+# Everything the operator writes in a Stack's status (what a full resync compares and restores).
+STACK_STATUS_KEYS = ("stackId", "deploymentObject", *STACK_KEYS, "observedGeneration")
 TARGET_KEYS = ("targetId", "stackId", "agent", "deployment", "selectedAgents", "agents", "health", "unhealthy",
                "conditions")
-AGENT_KEYS = ("phase", "lastEvent")
+AGENT_KEYS = ("phase", "lastEvent", "heldStacks")
 
 
 def with_outcome(result: Result, generation: int | None, previous: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,7 +88,7 @@ async def agent_target_status_patch(
         try:
             result = await reconcile_agent_target(store, body)
         except InvalidSpec as exc:
-            result = Result(stalled_outcome(exc.reason, exc.message), {})
+            result = Result(stalled_outcome(exc.reason, exc.message), exc.status)
     status = with_outcome(result, generation, previous)
     return status if visible(status, TARGET_KEYS) != visible(previous, TARGET_KEYS) else None
 
@@ -98,7 +100,7 @@ async def agent_status_patch(
     agent = await store.get_agent(agent_id)
     if agent is None:
         return None
-    status = agent_heartbeat_status(agent.last_heartbeat, config)
+    status = agent_heartbeat_status(agent.last_heartbeat, config, agent.held_stacks)
     event = await store.last_event(agent_id)
     if event is not None:
         status["lastEvent"] = last_event_status(event)

@@ -14,14 +14,14 @@ import base64
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .. import pak
 from ..protocol import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_UNKNOWN
 from ..config import FIELD_MANAGER, GROUP, ROTATE_PAK_ANNOTATION, VERSION, OperatorConfig
 from ..kube import Kube
-from ..store import Conflict, Immutable, NotPermitted, Store
+from ..store import Agent, Conflict, Immutable, NotPermitted, Store, sha256_hex
 from .conditions import Outcome, now_rfc3339, ready_outcome, retrying_outcome, set_condition
 from .render import (
     InvalidSpec,
@@ -37,6 +37,8 @@ from .rollout import RolloutView, advance, parse_rollout, unhealthy_message
 from .rollout import view as rollout_view
 from .status import (
     agent_phase,
+    apply_failure,
+    drift_status,
     agent_target_agent_status,
     agents_status,
     deployment_object_status,
@@ -85,17 +87,24 @@ def stack_row_name(namespace: str, name: str) -> str:
 # Stack --------------------------------------------------------------------------------
 
 
-async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tuple[Result, bool]:
-    """Upsert the stack and emit a deployment object when its content changed; returns (result, emitted)."""
+def _stack_spec(body: Mapping[str, Any]) -> tuple[str | None, list[str], dict[str, str], str, int,
+                                                 Mapping[str, Any] | None]:
+    """(description, labels, annotations, canonical YAML, resource count, rollout policy) of a Stack's spec, or
+    InvalidSpec naming what is wrong."""
     spec = _spec(body)
-    meta = body["metadata"]
     description = spec.get("description")
     if description is not None and not isinstance(description, str):
         raise InvalidSpec("InvalidSpec", "spec.description must be a string")
     labels = validate_labels(spec.get("labels"), "spec.labels")
     annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
     content, count = render_stack(spec)
-    rollout = parse_rollout(spec)
+    return description, labels, annotations, content, count, parse_rollout(spec)
+
+
+async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tuple[Result, bool]:
+    """Upsert the stack and emit a deployment object when its content changed; returns (result, emitted)."""
+    meta = body["metadata"]
+    description, labels, annotations, content, count, rollout = _stack_spec(body)
     stack_id = _uid(body)
     try:
         emitted = await store.save_stack(
@@ -113,6 +122,26 @@ async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tu
     outcome = ready_outcome(f"sequence {do.sequence_id} stored ({count} resources)")
     milestones = (Milestone("Emitted", f"deployment object sequence {do.sequence_id} emitted ({count} resources)"),)
     return Result(outcome, status, milestones if emitted.created else ()), emitted.created
+
+
+async def observe_stack(store: Store, body: Mapping[str, Any], now: str) -> Result:
+    """The outcome and status a Stack should show now, reading only; `needs_write` when the store does not hold
+    what its spec renders to (a change no handler has stored yet).
+
+    Everything comes from the spec and the store, keyed by the object's uid: nothing is read back from the
+    status, which anyone allowed to write `stacks/status` could have forged.
+    """
+    _description, _labels, _annotations, content, count, rollout = _stack_spec(body)
+    stack_id = _uid(body)
+    latest = await store.latest_deployment_object(stack_id)
+    stored_policy = await store.stack_rollout(stack_id)
+    if latest is None or latest.is_deletion_marker or latest.yaml_checksum != sha256_hex(content) or (
+            stored_policy != rollout):
+        return Result(retrying_outcome("Reconciling", "the spec is not stored yet"), {}, needs_write=True)
+    status = await stack_target_status(store, stack_id, latest, body.get("status") or {}, now, rollout)
+    status["stackId"] = str(stack_id)
+    status["deploymentObject"] = deployment_object_status(latest, count)
+    return Result(ready_outcome(f"sequence {latest.sequence_id} stored ({count} resources)"), status)
 
 
 async def stack_target_status(
@@ -207,9 +236,10 @@ async def selected_agents(store: Store, target: TargetSpec) -> list[tuple[str, s
             if selector_matches(target.selector, labels)]
 
 
-async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, cluster_name: str) -> dict[str, Any]:
+async def target_status(store: Store, namespace: str, stack_id: uuid.UUID, agent_name: str, cluster_name: str
+                        ) -> dict[str, Any]:
     """`stackId`, `targetId`, `agent` and `deployment` of a named AgentTarget's status (reads only)."""
-    agent = await store.agent_by_name(agent_name, cluster_name)
+    agent = await store.agent_visible_to(namespace, agent_name, cluster_name)
     status: dict[str, Any] = {"stackId": str(stack_id), "targetId": None, "agent": agent_target_agent_status(agent),
                               "deployment": None, "health": HEALTH_UNKNOWN, "unhealthy": None}
     latest = await store.latest_deployment_object(stack_id)
@@ -223,7 +253,9 @@ async def target_status(store: Store, stack_id: uuid.UUID, agent_name: str, clus
             deployment["lastEventTime"] = rfc3339(rows[0].event_time)
         status["deployment"] = deployment
         status["targetId"] = str(rows[0].target_id)
-        health, unhealthy = health_of(rows[0], sequence_id)
+        health, unhealthy = health_of(rows[0], sequence_id, apply_failure(latest, rows[0]))
+        if rows[0].drift_time is not None:
+            deployment["lastDrift"] = drift_status(rows[0])
         status["health"], status["unhealthy"] = health, unhealthy or None
         if unhealthy:
             deployment["healthMessage"] = first_problem(unhealthy)
@@ -245,7 +277,7 @@ async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
         status: dict[str, Any] = {"targetId": None, "stackId": None, "deployment": None, "agents": None,
                                   "selectedAgents": len(selected), "agent": None, "health": None, "unhealthy": None}
         if target.agent is not None:
-            status["agent"] = agent_target_agent_status(await store.agent_by_name(*target.agent))
+            status["agent"] = agent_target_agent_status(await store.agent_visible_to(target.namespace, *target.agent))
         message = f"Stack {target.namespace}/{target.stack_name} does not exist; waiting for it"
         return Result(retrying_outcome("StackNotFound", message, ready="False"), status, needs_write=bool(owned))
     rows = await store.target_rows(stack_id)
@@ -254,7 +286,8 @@ async def observe_agent_target(store: Store, body: Mapping[str, Any]) -> Result:
     unbound = [pair for pair in selected if pair not in bound]
     if target.agent is not None:
         agent_name, cluster_name = target.agent
-        status = {"selectedAgents": 1, "agents": None, **await target_status(store, stack_id, agent_name, cluster_name)}
+        status = {"selectedAgents": 1, "agents": None,
+                  **await target_status(store, target.namespace, stack_id, agent_name, cluster_name)}
         registered = "registered" if status["agent"]["registered"] else "not registered yet"
         message = f"targets agent {agent_name} in cluster {cluster_name} ({registered})"
     else:
@@ -278,7 +311,10 @@ async def reconcile_agent_target(store: Store, body: Mapping[str, Any]) -> Resul
     try:
         await store.set_agent_targets(_uid(body), stack_id, await selected_agents(store, target), target.namespace)
     except NotPermitted as exc:
-        raise InvalidSpec("AgentNotPermitted", str(exc)) from exc
+        # Nothing is bound now: what the status said about the binding (delivery, health) is no longer true.
+        cleared = {"targetId": None, "deployment": None, "health": None, "unhealthy": None, "agents": None,
+                   "agent": agent_target_agent_status(None) if target.agent is not None else None}
+        raise InvalidSpec("AgentNotPermitted", str(exc), cleared) from exc
     return await observe_agent_target(store, body)
 
 
@@ -306,7 +342,10 @@ def pak_secret(body: Mapping[str, Any], token: str) -> dict[str, Any]:
         "metadata": {
             "name": pak_secret_name(meta["name"]),
             "namespace": meta["namespace"],
-            "labels": {"app.kubernetes.io/managed-by": "stackyard", "stackyard.dev/agent": meta["name"]},
+            # A label value holds at most 63 characters and an Agent's name up to 249: the name goes in an
+            # annotation, the uid (36 characters) in the label that selects the Secrets of one Agent.
+            "labels": {"app.kubernetes.io/managed-by": "stackyard", "stackyard.dev/agent-uid": meta["uid"]},
+            "annotations": {"stackyard.dev/agent": meta["name"]},
             "ownerReferences": [
                 {
                     "apiVersion": f"{GROUP}/{VERSION}",
@@ -349,7 +388,7 @@ async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body
     previous = body.get("status") or {}
     rotation = (meta.get("annotations") or {}).get(ROTATE_PAK_ANNOTATION)
     rotate = rotation is not None and rotation != previous.get("pakRotation")
-    key_id = previous.get("pakKeyId")
+    key_id = agent.pak_key_id  # the store's, not the status's: a status can be written by others
     issued = False
     if rotate or not key_id or not agent.pak_hash:
         # The operator never reads Secrets (RBAC grants create and patch only): it issues a key when
@@ -362,7 +401,7 @@ async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body
         "agentId": str(agent.id),
         "pakSecretName": pak_secret_name(meta["name"]),
         "pakKeyId": key_id,
-        **agent_heartbeat_status(agent.last_heartbeat, config),
+        **agent_heartbeat_status(agent.last_heartbeat, config, agent.held_stacks),
     }
     if rotation is not None:
         status["pakRotation"] = rotation
@@ -378,15 +417,56 @@ async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body
     return Result(ready_outcome(message), status, milestones)
 
 
-def agent_heartbeat_status(last_heartbeat: datetime | None, config: OperatorConfig) -> dict[str, Any]:
+def agent_heartbeat_status(last_heartbeat: datetime | None, config: OperatorConfig,
+                           held_stacks: int | None = None) -> dict[str, Any]:
+    """An Agent's `phase`, `lastHeartbeat` and `heldStacks` (the stacks its agent holds in its cluster)."""
     status: dict[str, Any] = {
         "phase": agent_phase(last_heartbeat, datetime.now(timezone.utc), config.stale_after)
     }
     if last_heartbeat is not None:
         status["lastHeartbeat"] = rfc3339(last_heartbeat)
+    if held_stacks is not None:
+        status["heldStacks"] = held_stacks
     return status
 
 
+@dataclass(frozen=True)
+class AgentRelease:
+    """Whether a deleted Agent may go now (its key revoked), and what to say about it."""
+
+    done: bool
+    message: str
+    left_behind: bool = False  # let go without the agent confirming it removed what it held
+
+
+def agent_release(agent: Agent | None, now: datetime, stale_after: float, timeout: float) -> AgentRelease:
+    """The rule for letting a deleted Agent go (docs/architecture.md, "Deleting an Agent"), pure.
+
+    Its desired state became empty when the deletion began, so a live agent removes what it holds and says so
+    in a heartbeat (`heldStacks: 0`) sent after that moment; an agent that never connected holds nothing; one
+    that is Stale, or still holds something after `timeout`, is let go with what it holds left behind.
+    """
+    if agent is None or agent.deleting_since is None:
+        return AgentRelease(True, "not registered")
+    where = f"agent {agent.name} in cluster {agent.cluster_name}"
+    if agent.last_heartbeat is None:
+        return AgentRelease(True, f"{where} never connected: it holds nothing")
+    if agent.last_heartbeat > agent.deleting_since and agent.held_stacks == 0:
+        return AgentRelease(True, f"{where} removed everything it held")
+    held = f"{agent.held_stacks} stacks" if agent.held_stacks is not None else "what it holds"
+    cleanup = (f"; their objects stay in cluster {agent.cluster_name} (remove them there: they carry the label"
+               " stackyard.dev/stack=<stack id>, and inventory ConfigMaps labelled stackyard.dev/inventory=true"
+               " list them)")
+    if (now - agent.last_heartbeat).total_seconds() > stale_after:
+        return AgentRelease(True, f"{where} is not heartbeating and may still hold {held}{cleanup}", True)
+    waited = (now - agent.deleting_since).total_seconds()
+    if waited >= timeout:
+        return AgentRelease(True, f"{where} still holds {held} after {timeout:.0f}s{cleanup}", True)
+    until = rfc3339(agent.deleting_since + timedelta(seconds=timeout))
+    return AgentRelease(False, f"waiting for {where} to remove {held} before its key is revoked (until {until})")
+
+
 async def delete_agent(store: Store, body: Mapping[str, Any]) -> None:
-    """Soft-delete the agent (its events follow); the PAK Secret goes with the Agent by owner reference."""
+    """Soft-delete the agent (its events follow; its key stops working); the PAK Secret goes with the Agent by
+    owner reference."""
     await store.soft_delete_agent(_uid(body))

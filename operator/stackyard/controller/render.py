@@ -8,22 +8,33 @@ from typing import Any
 
 import yaml
 
+from ..jsonshape import depth
 from ..protocol import apply_rank
 
 MAX_RESOURCES = 500
+# How deeply a resource may nest (objects and lists). The API server accepts far deeper input, but nothing a
+# Stack ships needs it (a CRD's openAPIV3Schema, the deepest common case, stays well under), and rendering,
+# diffing and applying each walk it: bounded where the input enters, never a RecursionError later.
+MAX_DEPTH = 64
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# Label syntax (Kubernetes: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters;
+# values empty or at most 63 of the same alphabet).
+LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class InvalidSpec(Exception):
-    """Input that retrying cannot fix; becomes Stalled=True with `reason`."""
+    """Input that retrying cannot fix; becomes Stalled=True with `reason`. `status` holds fields the stall
+    clears or sets (None clears: what was true before the stall is not true now)."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, status: dict[str, Any] | None = None):
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.status = status or {}
 
 
 def _check_resource(index: int, resource: Any) -> tuple[str, str, str, str]:
@@ -59,6 +70,9 @@ def validate_resources(resources: Any) -> list[Mapping[str, Any]]:
         raise InvalidSpec("TooManyResources", f"spec.resources has {len(resources)} items; at most {MAX_RESOURCES}")
     seen: dict[tuple[str, str, str, str], int] = {}
     for index, resource in enumerate(resources):
+        nested = depth(resource)
+        if nested > MAX_DEPTH:
+            raise InvalidSpec("TooDeep", f"spec.resources[{index}] is nested {nested} levels deep; at most {MAX_DEPTH}")
         identity = _check_resource(index, resource)
         if identity in seen:
             group, kind, namespace, name = identity
@@ -141,18 +155,28 @@ def selector_query(selector: Any, where: str) -> str:
     if not isinstance(selector, Mapping):
         raise InvalidSpec("InvalidSelector", f"{where} must be an object with matchLabels and/or matchExpressions")
     parts = []
-    for key, value in sorted((selector.get("matchLabels") or {}).items()):
+    match_labels = selector.get("matchLabels") or {}
+    if not isinstance(match_labels, Mapping):
+        raise InvalidSpec("InvalidSelector", f"{where}.matchLabels must map label keys to values")
+    for key, value in sorted(match_labels.items()):
         if not isinstance(value, str):
             raise InvalidSpec("InvalidSelector", f"{where}.matchLabels.{key} must be a string")
+        _check_label(key, value, f"{where}.matchLabels")
         parts.append(f"{key}={value}")
-    for index, expression in enumerate(selector.get("matchExpressions") or []):
+    expressions = selector.get("matchExpressions") or []
+    if not isinstance(expressions, list):
+        raise InvalidSpec("InvalidSelector", f"{where}.matchExpressions must be a list")
+    for index, expression in enumerate(expressions):
         at = f"{where}.matchExpressions[{index}]"
         if not isinstance(expression, Mapping) or not isinstance(expression.get("key"), str):
             raise InvalidSpec("InvalidSelector", f"{at} needs a key and an operator")
         key, operator, values = expression["key"], expression.get("operator"), expression.get("values") or []
+        _check_label(key, "", at)
         if operator in _SELECTOR_OPERATORS:
             if not values or not all(isinstance(v, str) for v in values):
                 raise InvalidSpec("InvalidSelector", f"{at}: operator {operator} needs a non-empty list of values")
+            for value in values:
+                _check_label(key, value, at)
             parts.append(f"{key} {_SELECTOR_OPERATORS[operator]} ({','.join(values)})")
         elif operator in ("Exists", "DoesNotExist"):
             if values:
@@ -161,6 +185,18 @@ def selector_query(selector: Any, where: str) -> str:
         else:
             raise InvalidSpec("InvalidSelector", f"{at}: unknown operator {operator!r} (In, NotIn, Exists, DoesNotExist)")
     return ",".join(parts)
+
+
+def _check_label(key: str, value: str, where: str) -> None:
+    """InvalidSelector unless `key` and `value` are what Kubernetes accepts as a label (a selector on anything
+    else selects nothing, silently)."""
+    prefix, _, name = key.rpartition("/")
+    if (prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.fullmatch(prefix))) or not LABEL_NAME.fullmatch(name):
+        raise InvalidSpec("InvalidSelector", f"{where}: {key!r} is not a label key (an optional DNS prefix and '/',"
+                                             " then at most 63 alphanumerics, '-', '_' or '.')")
+    if value and not LABEL_NAME.fullmatch(value):
+        raise InvalidSpec("InvalidSelector", f"{where}: {value!r} is not a label value (at most 63 alphanumerics,"
+                                             " '-', '_' or '.', starting and ending alphanumeric)")
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

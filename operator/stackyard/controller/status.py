@@ -55,12 +55,24 @@ def target_state(latest: DeploymentObject | None, row: TargetRow) -> tuple[str, 
     return "Pending", row.event_sequence_id, f"waiting for the agent to apply sequence {latest.sequence_id}"
 
 
-def health_of(row: TargetRow, sequence_id: int | None) -> tuple[str, list[dict[str, Any]]]:
-    """The health an agent reported for one version of the stack, and its first unhealthy objects."""
+def health_of(row: TargetRow, sequence_id: int | None, failed: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """The health an agent reported for one version of the stack, and its first unhealthy objects. A version the
+    agent failed to apply (`failed`: the failure) is Degraded whatever it reported before: its objects are not
+    what the Stack says."""
+    if failed is not None:
+        return HEALTH_DEGRADED, [{"object": "apply", "status": "Failed", "message": failed}]
     if sequence_id is None or row.health_sequence_id != sequence_id or not row.health_details:
         return HEALTH_UNKNOWN, []
     details = row.health_details
     return str(details.get("health") or HEALTH_UNKNOWN), list(details.get("unhealthy") or [])
+
+
+def apply_failure(latest: DeploymentObject | None, row: TargetRow) -> str | None:
+    """The agent's failure message when its latest attempt at the stack's current version failed, else None."""
+    if latest is None or latest.is_deletion_marker:
+        return None
+    state, _sequence, message = target_state(latest, row)
+    return message if state == "Failed" else None
 
 
 def first_problem(unhealthy: Sequence[Mapping[str, Any]]) -> str:
@@ -78,10 +90,14 @@ def healthy_condition(latest: DeploymentObject | None, rows: Sequence[TargetRow]
         return "Unknown", "Deleting", "the stack is being deleted"
     if not rows:
         return "Unknown", "NoTargets", "no agent is targeted"
-    healths = [(row, *health_of(row, latest.sequence_id)) for row in rows]
+    healths = [(row, *health_of(row, latest.sequence_id, apply_failure(latest, row))) for row in rows]
     healthy = sum(1 for _, h, _ in healths if h == HEALTH_HEALTHY)
     if healthy == len(rows):
         return "True", "AllHealthy", f"{healthy}/{len(rows)} agents report sequence {latest.sequence_id} healthy"
+    for row, health, unhealthy in healths:
+        if health == HEALTH_DEGRADED and apply_failure(latest, row) is not None:
+            return "False", "Degraded", _truncate(f"agent {row.agent_name} in cluster {row.cluster_name} failed to"
+                                                  f" apply sequence {latest.sequence_id}: {row.event_message}")
     for row, health, unhealthy in healths:
         if health == HEALTH_DEGRADED:
             return "False", "Degraded", _truncate(f"agent {row.agent_name} in cluster {row.cluster_name} reports"
@@ -108,8 +124,9 @@ def agents_status(
     entries = []
     for row in rows:
         state, sequence_id, message = target_state(latest, row)
-        health, unhealthy = health_of(row, sequence_id)
-        on_latest = health_of(row, latest.sequence_id)[0] if latest is not None else HEALTH_UNKNOWN
+        failed = apply_failure(latest, row)
+        health, unhealthy = health_of(row, sequence_id, failed)
+        on_latest = health_of(row, latest.sequence_id, failed)[0] if latest is not None else HEALTH_UNKNOWN
         if on_latest != HEALTH_UNKNOWN:
             counts[on_latest.lower()] += 1
         if state == "Applied":
@@ -132,11 +149,18 @@ def agents_status(
             entry["sequenceId"] = sequence_id
         if unhealthy:
             entry["healthMessage"] = first_problem(unhealthy)
+        if row.drift_time is not None:
+            entry["lastDrift"] = drift_status(row)
         entries.append(entry)
     # Failed first, then Degraded, Pending/Deleting, then Applied: the ones people need to see survive the bound.
     order = {"Failed": 0, "Deleting": 1, "Pending": 2, "Applied": 3}
     entries.sort(key=lambda e: (order[e["state"]], e["health"] != HEALTH_DEGRADED, e["agentName"], e["clusterName"]))
     return counts, entries[:MAX_AGENTS_IN_STATUS]
+
+
+def drift_status(row: TargetRow) -> dict[str, Any]:
+    """The agent's latest drift repair on this stack: when, and what it said (objects, fields, writers)."""
+    return {"time": rfc3339(row.drift_time), "message": _truncate(row.drift_message or "")}
 
 
 def newly_failed(before: Any, after: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -174,8 +198,9 @@ def last_event_status(event: EventRow | None) -> dict[str, Any] | None:
 
 
 def agent_target_agent_status(agent: Agent | None) -> dict[str, Any]:
+    """An AgentTarget's `agent` stanza (None values clear what a merge patch would otherwise keep)."""
     if agent is None:
-        return {"registered": False}
+        return {"registered": False, "status": None, "lastHeartbeat": None}
     status: dict[str, Any] = {"registered": True, "status": agent.status}
     if agent.last_heartbeat is not None:
         status["lastHeartbeat"] = rfc3339(agent.last_heartbeat)
@@ -186,8 +211,9 @@ def visible(status: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str
     """The parts of a status that people look at, without timestamps that move on their own."""
 
     def strip(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: strip(v) for k, v in value.items() if k not in ("lastTransitionTime", "lastHeartbeat")}
+        if isinstance(value, Mapping):  # a key set to None is a key a merge patch removes: the same as absent
+            return {k: strip(v) for k, v in value.items()
+                    if k not in ("lastTransitionTime", "lastHeartbeat") and v is not None}
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value

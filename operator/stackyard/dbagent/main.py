@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from prometheus_client import generate_latest
 
 from .. import __version__
 from ..httpserver import serving
+from ..tasks import forever
 from .alerts import Alerts
 from .collectors import NAMES as COLLECTORS
 from .config import ConfigError, DbAgentConfig, load_config
@@ -61,7 +63,8 @@ class DbAgent:
                 continue
             monitor = InstanceMonitor(instance, self.config, self.history, self.exporter, self.alerts)
             self.monitors[name] = monitor
-            self.tasks[name] = [asyncio.create_task(monitor.run_collector(c), name=f"{name}-{c}") for c in COLLECTORS]
+            self.tasks[name] = [asyncio.create_task(monitor.run_collector(c, self._count(f"collector-{c}")),
+                                                    name=f"{name}-{c}") for c in COLLECTORS]
         self.history.remove_instances_except(wanted)
 
     def _stop_instance(self, name: str) -> None:
@@ -88,10 +91,17 @@ class DbAgent:
         self.history.collected(config_hash=new.source_hash)
         log.info("configuration reloaded: %d instances, %d alert rules", len(new.instances), len(new.rules))
 
+    def _count(self, task: str) -> Callable[[], None]:
+        """What counts an unexpected error of one of the sidecar's loops."""
+        return self.exporter.task_errors_total.labels(task).inc
+
     async def flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_EVERY)
+        """Write the buffered history every FLUSH_EVERY seconds; no error ends it (`tasks.forever`)."""
+        async def step() -> None:
             self.history.flush()
+
+        await asyncio.sleep(FLUSH_EVERY)
+        await forever("history flush", step, FLUSH_EVERY, log, self._count("flush"))
 
     def health(self) -> dict[str, object]:
         """What `/healthz` answers: each instance's status, and the history's storage."""
@@ -101,11 +111,20 @@ class DbAgent:
                 "instances": {n: m.status for n, m in self.monitors.items()}, "storage": storage}
 
     async def retention_forever(self) -> None:
-        while True:
+        """Prune the history every RETENTION_EVERY seconds; no error ends it (`tasks.forever`)."""
+        async def step() -> None:
             removed = self.history.prune(self.config.retention)
             if any(removed.values()):
                 log.info("retention removed %s", ", ".join(f"{n} {t}" for t, n in removed.items() if n))
-            await asyncio.sleep(RETENTION_EVERY)
+
+        await forever("history retention", step, RETENTION_EVERY, log, self._count("retention"))
+
+    async def deliveries_forever(self) -> None:
+        """The alert deliveries; restarted with backoff should anything end them (`tasks.forever`)."""
+        async def step() -> None:
+            await self.alerts.deliver_forever()
+
+        await forever("alert deliveries", step, 1.0, log, self._count("alerts"))
 
     async def stop(self) -> None:
         for name in list(self.monitors):
@@ -146,7 +165,7 @@ async def run_dbagent(config_path: str | None, default_connection: str | None) -
     if config.enabled:
         agent.start()
         assert agent.alerts is not None
-        background = [asyncio.create_task(agent.retention_forever()), asyncio.create_task(agent.alerts.deliver_forever()),
+        background = [asyncio.create_task(agent.retention_forever()), asyncio.create_task(agent.deliveries_forever()),
                       asyncio.create_task(agent.flush_forever())]
     try:
         async with serving(app(agent), config.listen):

@@ -9,7 +9,6 @@ replaced by a retry notice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -20,6 +19,8 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..backoff import Backoff
+from ..metrics import task_errors
+from ..tasks import forever
 from . import exposition
 from .alerts import Alerts
 from .collectors import REGISTRY, Previous, Reading
@@ -55,6 +56,7 @@ class Exporter:
             "stackyard_dbagent_collection_duration_seconds", "Duration of one collection, by collector.",
             ["collector"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry,
         )
+        self.task_errors_total = task_errors(self.registry)
         self.errors_total = Counter(
             "stackyard_dbagent_collection_errors", "Failed collections (not retry waits) by server and collector.",
             ["server", "collector"], registry=self.registry,
@@ -226,10 +228,14 @@ class InstanceMonitor:
             except Exception:  # already broken; nothing to save
                 pass
 
-    async def run_collector(self, name: str) -> None:
-        while True:
+    async def run_collector(self, name: str, on_error: Callable[[], None] | None = None) -> None:
+        """Collect every interval; `collect` turns database failures into status, and anything else is logged,
+        counted and survived (`tasks.forever`)."""
+        async def step() -> float:
             await self.collect(name)
-            await asyncio.sleep(self.config.intervals[name])
+            return self.config.intervals[name]  # read each time: a reload may change it
+
+        await forever(f"collector {name} of {self.server}", step, self.config.intervals[name], log, on_error)
 
     async def close(self) -> None:
         for name in list(self.conns):

@@ -24,6 +24,8 @@ class Agent:
     pak_hash: str | None
     created_at: datetime
     pak_key_id: str | None = None
+    held_stacks: int | None = None  # how many stacks the agent said it holds in its cluster, at its last heartbeat
+    deleting_since: datetime | None = None  # the Agent resource is being deleted: its desired state is empty
 
 
 AGENT_COLUMNS = columns(Agent)
@@ -138,3 +140,29 @@ class AgentQueries(StoreBase):
         async with self.connection() as conn:
             rows = await (await conn.execute("SELECT last_heartbeat FROM agents WHERE deleted_at IS NULL")).fetchall()
             return [row[0] for row in rows]
+
+    async def begin_agent_deletion(self, agent_id: uuid.UUID) -> Agent | None:
+        """Mark a live agent as being deleted (its desired state becomes empty at once); returns its row."""
+        async with self.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(Agent))
+            return await (
+                await cur.execute(
+                    "UPDATE agents SET deleting_since = coalesce(deleting_since, now())"
+                    f" WHERE id = %s AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}",
+                    (agent_id,),
+                )
+            ).fetchone()
+
+    async def agent_visible_to(self, namespace: str, name: str, cluster_name: str) -> Agent | None:
+        """The live agent called `name` in `cluster_name` if a target in `namespace` may bind it; None when it does
+        not exist or does not grant that namespace (the two look the same: a tenant learns nothing about agents
+        it may not use)."""
+        async with self.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(Agent))
+            return await (
+                await cur.execute(
+                    f"SELECT {AGENT_COLUMNS} FROM agents a WHERE name = %s AND cluster_name = %s"
+                    " AND deleted_at IS NULL AND stackyard_target_permitted(%s, a.name, a.cluster_name)",
+                    (name, cluster_name, namespace),
+                )
+            ).fetchone()

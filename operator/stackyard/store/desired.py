@@ -51,6 +51,11 @@ _RELEASED = """
          ORDER BY sequence_id DESC
          LIMIT 1) d"""
 
+# A deleting agent (its Agent resource is being deleted) gets an empty desired state: it removes what it holds.
+_NOT_DELETING = """
+   AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.name = t.agent_name AND a.cluster_name = t.cluster_name
+                      AND a.deleted_at IS NULL AND a.deleting_since IS NOT NULL)"""
+
 DESIRED_STATE_SQL = """
 SELECT s.id AS stack_id, s.name AS stack_name, s.deleted_at IS NOT NULL AS stack_deleted,
        d.id AS deployment_object_id, d.sequence_id, d.yaml_checksum, d.yaml_content, d.is_deletion_marker
@@ -59,7 +64,7 @@ SELECT s.id AS stack_id, s.name AS stack_name, s.deleted_at IS NOT NULL AS stack
   CROSS JOIN LATERAL (
         SELECT id, sequence_id, yaml_checksum, yaml_content, is_deletion_marker
           FROM deployment_objects""" + _RELEASED + """
- WHERE t.agent_name = %s AND t.cluster_name = %s
+ WHERE t.agent_name = %s AND t.cluster_name = %s""" + _NOT_DELETING + """
  ORDER BY s.name, s.id
 """
 
@@ -69,6 +74,6 @@ SELECT s.id, d.id
   JOIN stacks s ON s.id = t.stack_id
   CROSS JOIN LATERAL (
         SELECT id FROM deployment_objects""" + _RELEASED + """
- WHERE t.agent_name = %s AND t.cluster_name = %s
+ WHERE t.agent_name = %s AND t.cluster_name = %s""" + _NOT_DELETING + """
  ORDER BY s.name, s.id
 """

@@ -36,14 +36,15 @@ class EventIn:
 class EventQueries(StoreBase):
     """Heartbeats and events of agents, and the newest event of an agent."""
 
-    async def heartbeat(self, agent_id: uuid.UUID, status: str = "ACTIVE") -> datetime:
-        """Record a heartbeat; returns its time."""
+    async def heartbeat(self, agent_id: uuid.UUID, status: str = "ACTIVE", held_stacks: int | None = None
+                        ) -> datetime:
+        """Record a heartbeat (and how many stacks the agent holds, when it says); returns its time."""
         async with self.connection() as conn:
             row = await (
                 await conn.execute(
-                    "UPDATE agents SET last_heartbeat = now(), status = %s WHERE id = %s AND deleted_at IS NULL"
-                    " RETURNING last_heartbeat",
-                    (status, agent_id),
+                    "UPDATE agents SET last_heartbeat = now(), status = %s, held_stacks = %s"
+                    " WHERE id = %s AND deleted_at IS NULL RETURNING last_heartbeat",
+                    (status, held_stacks, agent_id),
                 )
             ).fetchone()
             if row is None:
@@ -111,6 +112,7 @@ DELETE FROM agent_events e
                   SELECT id, row_number() OVER (PARTITION BY deployment_object_id ORDER BY created_at DESC, id DESC) AS n
                     FROM agent_events WHERE agent_id = %s AND deployment_object_id = ANY(%s)) ranked
                  WHERE n > %s)
-   AND e.id NOT IN (SELECT p FROM agent_targets t, LATERAL (VALUES (t.last_event_id), (t.last_health_event_id)) v(p)
+   AND e.id NOT IN (SELECT p FROM agent_targets t, LATERAL (VALUES (t.last_event_id), (t.last_health_event_id),
+                                                                (t.last_drift_event_id)) v(p)
                      WHERE t.agent_name = %s AND t.cluster_name = %s AND p IS NOT NULL)
 """

@@ -39,6 +39,8 @@ class TargetRow:
     released_sequence: int | None = None  # None: follows the latest version (no staged rollout)
     health_details: Mapping[str, Any] | None = None  # the agent's latest HEALTH summary on this stack
     health_sequence_id: int | None = None  # the version that summary is about
+    drift_time: datetime | None = None  # the agent's latest DRIFT event on this stack
+    drift_message: str | None = None
 
 
 
@@ -130,7 +132,8 @@ TARGET_ROWS_SQL = """
 SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS agent_status, a.last_heartbeat,
        e.status AS event_status, e.message AS event_message, e.created_at AS event_time,
        e.sequence_id AS event_sequence_id, t.id AS target_id, t.released_sequence,
-       h.details AS health_details, h.sequence_id AS health_sequence_id
+       h.details AS health_details, h.sequence_id AS health_sequence_id,
+       dr.created_at AS drift_time, dr.message AS drift_message
   FROM agent_targets t
   LEFT JOIN agents a
          ON a.name = t.agent_name AND a.cluster_name = t.cluster_name AND a.deleted_at IS NULL
@@ -142,6 +145,7 @@ SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS a
         SELECT ev.details, d.sequence_id
           FROM agent_events ev JOIN deployment_objects d ON d.id = ev.deployment_object_id
          WHERE ev.id = t.last_health_event_id AND ev.agent_id = a.id) h ON true
+  LEFT JOIN agent_events dr ON dr.id = t.last_drift_event_id AND dr.agent_id = a.id
  WHERE t.stack_id = %s
    AND (%s::text IS NULL OR t.agent_name = %s)
    AND (%s::text IS NULL OR t.cluster_name = %s)
