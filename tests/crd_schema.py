@@ -6,40 +6,13 @@ the OpenAPI part with jsonschema, the x-kubernetes-validations rules with cel-py
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import celpy
 import jsonschema
 
 from .emulator import load_crds
-
-UNSUPPORTED = {"x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "default",
-               "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource"}
-
-
-def to_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAPI v3 structural schema as plain JSON Schema (unknown fields pruned → allowed)."""
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in UNSUPPORTED:
-            continue
-        if key == "properties":
-            out[key] = {name: to_json_schema(sub) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            out[key] = to_json_schema(value)
-        elif key == "format" and value in ("int64", "int32"):
-            continue
-        else:
-            out[key] = copy.deepcopy(value)
-    if schema.get("x-kubernetes-embedded-resource"):
-        out.setdefault("required", [])
-        out["required"] = sorted(set(out["required"]) | {"apiVersion", "kind"})
-        out.setdefault("properties", {}).setdefault("apiVersion", {"type": "string", "minLength": 1})
-        out["properties"].setdefault("kind", {"type": "string", "minLength": 1})
-        out["properties"].setdefault("metadata", {"type": "object"})
-    return out
-
+from .structural import to_json_schema
 
 def _cel_errors(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[str]:
     errors: list[str] = []

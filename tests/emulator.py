@@ -33,6 +33,8 @@ import kmock
 import yaml
 from kmock._internal import enums
 
+from .structural import apply_schema
+
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
@@ -190,6 +192,17 @@ class Emulator(kmock.KubernetesEmulator):
     forbid: Callable[[str, str, str], bool] | None = None
     # Authentication as the API server does it: a request whose bearer token this refuses gets 401.
     accept_token: Callable[[str], bool] | None = None
+    # The structural schema of each custom resource (register_crd): the API server prunes and validates with it.
+    schemas: dict[Any, dict[str, Any]]
+
+    def _structured(self, resource: Any, obj: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """`obj` as the API server stores a custom resource: fields its schema lacks dropped, and a 422 reason
+        when a value has the wrong type, is outside its enum or its bounds (tests/structural.py)."""
+        schema = self.__dict__.get("schemas", {}).get(resource)
+        if schema is None:
+            return obj, None
+        stored, errors = apply_schema(obj, schema)
+        return stored, ("; ".join(errors[:5]) if errors else None)
 
     def inject(self, method: str, path_contains: str, status: int, times: int = 1,
                headers: dict[str, str] | None = None) -> None:
@@ -446,6 +459,12 @@ class Emulator(kmock.KubernetesEmulator):
         async with self._lock:
             if key in self._objects and not self._objects[key].deleted:
                 return _status(409, "AlreadyExists", f"{meta['name']} already exists")
+            if self._has_status_subresource(request.resource):
+                obj.pop("status", None)  # with the status subresource, a create's status is ignored
+            obj, invalid = self._structured(request.resource, obj)
+            if invalid is not None:
+                return _status(422, "Invalid", f"{meta['name']}: {invalid}")
+            meta = obj["metadata"]
             meta["uid"] = str(uuid.uuid4())
             meta["resourceVersion"] = self._next_version()
             meta["generation"] = 1
@@ -504,6 +523,9 @@ class Emulator(kmock.KubernetesEmulator):
                 new["status"] = current.get("status")
             if new.get("status") is None:
                 new.pop("status", None)
+            new, invalid = self._structured(request.resource, new)
+            if invalid is not None:
+                return _status(422, "Invalid", f"{request.name}: {invalid}")
             meta = new.setdefault("metadata", {})
             refused = invalid_labels(meta.get("labels"))
             if refused is not None:
@@ -534,9 +556,12 @@ def load_crds() -> list[dict[str, Any]]:
 
 
 def register_crd(emulator: Emulator, crd: dict[str, Any]) -> None:
-    """Serve a CRD's resource in discovery, as the API server does once it is established."""
+    """Serve a CRD's resource in discovery, as the API server does once it is established, and store, prune and
+    validate its objects by its structural schema."""
     spec = crd["spec"]
     for version in spec["versions"]:
+        resource = kmock.resource(spec["group"], version["name"], spec["names"]["plural"])
+        emulator.__dict__.setdefault("schemas", {})[resource] = version["schema"]["openAPIV3Schema"]
         emulator.resources[f"{spec['group']}/{version['name']}/{spec['names']['plural']}"] = kmock.ResourceInfo(
             kind=spec["names"]["kind"],
             singular=spec["names"].get("singular"),

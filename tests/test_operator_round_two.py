@@ -147,7 +147,9 @@ async def test_status_written_by_someone_else_is_restored_from_the_store(kube_se
         await cluster.wait_condition(STACKS, "bad", "Stalled", "True")
         caplog.set_level(logging.ERROR)
         forged = {"stackId": theirs["metadata"]["uid"], "deploymentObject": {"sequenceId": 999999}}
-        for name, status in (("mine", forged), ("bad", {"conditions": [{"type": "Ready", "status": "True"}]}),
+        ready = {"type": "Ready", "status": "True", "reason": "Forged", "message": "all good",
+                 "lastTransitionTime": "2026-12-02T00:00:00Z"}
+        for name, status in (("mine", forged), ("bad", {"conditions": [ready]}),
                              ("mine", {"stackId": "not-a-uuid"})):
             await cluster.client.request("PATCH", STACKS.path("default", name) + "/status", {"status": status},
                                          "application/merge-patch+json")
