@@ -6,7 +6,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import api_exception
 
-from stackyard.controller.handlers import as_invalid_spec
+from stackyard.controller.running import as_invalid_spec
 
 from .builders import configmap, stack
 from .crd_schema import validate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from stackyard.controller.reconcile import stack_row_name
+from stackyard.controller.stacks import stack_row_name
 from stackyard.controller.render import render_stack
 
 from .builders import configmap

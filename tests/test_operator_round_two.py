@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stackyard.controller import reconcile
+from stackyard.controller import stacks
 from stackyard.store import EventIn
 
 from .builders import configmap, stack, target
@@ -58,7 +58,7 @@ async def test_deep_input_stalls_and_no_failure_posts_a_traceback(operator, clus
     def broken(spec):
         raise ValueError("cannot read /var/lib/stackyard/secret-path")
 
-    monkeypatch.setattr(reconcile, "render_stack", broken)
+    monkeypatch.setattr(stacks, "render_stack", broken)
     caplog.set_level(logging.ERROR, "stackyard.controller.handlers")
     await cluster.create(STACKS, stack("defect", [configmap("a")]))
     failing = await cluster.wait_condition(STACKS, "defect", "Ready", "False", reason="InternalError")

@@ -151,7 +151,7 @@ async def test_an_agent_cannot_be_renamed_by_setting_agent_name_later(operator, 
 async def test_a_deleted_agent_target_is_not_bound_again_by_the_status_path(store, db):
     """Deleting an AgentTarget removes its rows while the object (with its deletionTimestamp) is still indexed;
     the status path then sees its Stack without rows for it, and must not bind it again."""
-    from stackyard.controller.observe import agent_target_status_patch
+    from stackyard.controller.targets import agent_target_status_patch
 
     from .api_harness import make_stack
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 from stackyard.agent.broker import BrokerClient
-from stackyard.protocol import stacks_of
+from stackyard.protocol import Event, stacks_of
 
 from .builders import configmap
 from .loop_harness import write_pak
@@ -32,11 +32,9 @@ class SimulatedAgent:
         unhealthy = [] if health == "Healthy" else [
             {"object": "apps/v1/Deployment apps/web", "status": "Failed", "message": "Progress deadline exceeded"}]
         await self.broker.post_events([
-            {"deploymentObjectId": stack.deployment_object_id, "eventType": "APPLY", "status": "SUCCESS",
-             "message": "applied 1 objects"},
-            {"deploymentObjectId": stack.deployment_object_id, "eventType": "HEALTH",
-             "status": "SUCCESS" if health == "Healthy" else "FAILURE", "message": health,
-             "details": {"health": health, "counts": {}, "unhealthy": unhealthy}}])
+            Event(stack.deployment_object_id, "APPLY", "SUCCESS", "applied 1 objects"),
+            Event(stack.deployment_object_id, "HEALTH", "SUCCESS" if health == "Healthy" else "FAILURE", health,
+                  {"health": health, "counts": {}, "unhealthy": unhealthy})])
 
 
 async def versions(agents: list[SimulatedAgent]) -> dict[str, int | None]:

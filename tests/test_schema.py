@@ -6,6 +6,7 @@ import threading
 
 import psycopg
 
+from stackyard import protocol
 from stackyard.store.migrate import VERSION_TABLE, available_migrations, migrate
 
 TS = ("timestamp with time zone", None)
@@ -134,3 +135,21 @@ def test_two_migrations_at_once_are_safe(empty_db_url):
     assert sorted(results, key=len) == [[], all_versions]
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute(f"SELECT count(*) FROM {VERSION_TABLE}").fetchone()[0] == len(all_versions)
+
+
+
+def test_the_database_holds_whatever_the_agent_contract_allows(db):
+    """The columns and CHECKs that store agent bodies admit everything stackyard.protocol allows."""
+    found = columns(db)
+    assert found["agent_events"]["event_type"][1] >= protocol.MAX_EVENT_TYPE_LENGTH
+    assert found["agent_events"]["message"][0] == "text"
+    assert found["agent_events"]["details"][0] == "jsonb"
+    assert found["agents"]["status"][1] >= max(map(len, protocol.HEARTBEAT_STATUSES))
+    assert found["agents"]["held_stacks"][0] == "integer" and protocol.MAX_HELD_STACKS < 2**31
+    checks = " ".join(row[0] for row in db.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'agent_events'::regclass"))
+    for status in protocol.EVENT_STATUSES:
+        assert f"'{status}'" in checks, "every status the contract allows passes the CHECK"
+    agent_checks = " ".join(row[0] for row in db.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'agents'::regclass"))
+    assert "held_stacks >= 0" in agent_checks

@@ -1,21 +1,41 @@
-"""The wire model between the agent API and the agent: one definition for both sides and the OpenAPI document.
+"""The agent contract: every body the agent API and the agent exchange, as a typed model with its limits and its
+JSON Schema (docs/architecture.md, "The agent contract").
 
-Also the one apply order of kinds: the operator renders deployment objects in
-it, the agent applies in it and deletes in its reverse.
+The API validates requests against these schemas and builds its answers from these models; the agent builds
+its requests from the same models and reads the answers through them; the OpenAPI document (`api/schemas.py`)
+is assembled from the schemas; the database's CHECKs and column sizes are tested against the limits
+(tests/unit/test_contract.py). A field added here is added everywhere it must be.
+
+Also the one apply order of kinds: the operator renders deployment objects in it, the agent applies in it and
+deletes in its reverse.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 # Health of a stack on one agent (README, "Health, drift and rollout"), reported in HEALTH events.
 HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_DEGRADED, HEALTH_UNKNOWN = "Healthy", "Progressing", "Degraded", "Unknown"
 HEALTHS = (HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_DEGRADED, HEALTH_UNKNOWN)
 OBJECT_STATUSES = ("Current", "InProgress", "Failed", "Terminating", "NotFound")  # kstatus
-HEALTH_EVENT, DRIFT_EVENT = "HEALTH", "DRIFT"
+APPLY_EVENT, DELETE_EVENT, HEALTH_EVENT, DRIFT_EVENT = "APPLY", "DELETE", "HEALTH", "DRIFT"
+EVENT_STATUSES = ("SUCCESS", "FAILURE")
+HEARTBEAT_STATUSES = ("ACTIVE", "DEGRADED")
+
+# Limits (the database's columns and CHECKs hold at least these: tests/unit/test_contract.py).
+MAX_EVENTS_PER_BATCH = 100
+MAX_MESSAGE_LENGTH = 4096
+MAX_EVENT_TYPE_LENGTH = 50
+MAX_DETAIL_TEXT = 600
 MAX_UNHEALTHY_IN_SUMMARY = 5
 MAX_DRIFTED_IN_EVENT = 10
+MAX_HELD_STACKS = 1_000_000
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# Text PostgreSQL can store has no NUL. (Nor lone UTF-16 surrogates, which the API refuses in any string too;
+# a pattern cannot say so portably: ECMA and Rust regex engines differ on surrogate ranges.)
+STORABLE_TEXT = r"^[^\x00]*$"
 
 # Applied first, and so listed first: Namespaces, then CRDs, then everything else.
 KIND_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
@@ -24,6 +44,80 @@ KIND_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
 def apply_rank(kind: str) -> int:
     """Where objects of `kind` come in the apply order (lower first; deletions go the other way)."""
     return KIND_ORDER.get(kind, len(KIND_ORDER))
+
+
+# Requests -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """`POST /api/v1/agents/self/heartbeat`: alive, and how many stacks the agent holds in its cluster."""
+
+    status: str = "ACTIVE"
+    held_stacks: int | None = None  # None: the agent has not synced yet
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status}
+        if self.held_stacks is not None:
+            body["heldStacks"] = self.held_stacks
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> "Heartbeat":
+        return cls(body.get("status", "ACTIVE"), body.get("heldStacks"))
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of `POST /api/v1/agents/self/events`: what happened to a deployment object on this agent."""
+
+    deployment_object_id: str
+    event_type: str
+    status: str
+    message: str = ""
+    details: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"deploymentObjectId": self.deployment_object_id, "eventType": self.event_type,
+                                "status": self.status, "message": self.message[:MAX_MESSAGE_LENGTH]}
+        if self.details is not None:
+            body["details"] = dict(self.details)
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> "Event":
+        return cls(body["deploymentObjectId"], body["eventType"], body["status"], body.get("message", ""),
+                   body.get("details"))
+
+
+def events_body(events: list[Event]) -> dict[str, Any]:
+    """The body of one events request (at most MAX_EVENTS_PER_BATCH events)."""
+    return {"events": [event.to_json() for event in events[:MAX_EVENTS_PER_BATCH]]}
+
+
+# Answers --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """`GET /api/v1/agents/self`: who the key belongs to."""
+
+    id: str
+    name: str
+    cluster_name: str
+    status: str | None
+    last_heartbeat: str | None
+    labels: list[str] = field(default_factory=list)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "clusterName": self.cluster_name, "status": self.status,
+                "lastHeartbeat": self.last_heartbeat, "labels": self.labels, "annotations": self.annotations}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> "Identity":
+        return cls(body["id"], body["name"], body["clusterName"], body.get("status"), body.get("lastHeartbeat"),
+                   list(body.get("labels") or []), dict(body.get("annotations") or {}))
 
 
 @dataclass(frozen=True)
@@ -66,7 +160,88 @@ def stacks_of(document: dict[str, Any]) -> list[WireStack]:
     return [WireStack.from_json(entry) for entry in document.get("stacks", [])]
 
 
-# The JSON schema of a target-state body (part of the OpenAPI document).
+# JSON Schemas (requests are validated against them; the OpenAPI document is made of them) ----------------
+
+_TEXT = {"type": "string", "maxLength": MAX_DETAIL_TEXT, "pattern": STORABLE_TEXT}
+
+HEARTBEAT_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "status": {"type": "string", "enum": list(HEARTBEAT_STATUSES)},
+        "heldStacks": {"type": "integer", "minimum": 0, "maximum": MAX_HELD_STACKS,
+                       "description": "stacks the agent holds in its cluster (an inventory each) after its last sync"},
+    },
+}
+
+DETAILS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "HEALTH events: the stack's health on this agent (sent only when it changes), object counts per"
+                   " kstatus status and the first unhealthy objects. DRIFT events: the objects someone else changed,"
+                   " removed or deleted, repaired by the agent.",
+    "properties": {
+        "health": {"type": "string", "enum": list(HEALTHS)},
+        "counts": {"type": "object", "additionalProperties": False,
+                   "properties": {s: {"type": "integer", "minimum": 0, "maximum": 1000000} for s in OBJECT_STATUSES}},
+        "unhealthy": {"type": "array", "maxItems": MAX_UNHEALTHY_IN_SUMMARY, "items": {
+            "type": "object", "additionalProperties": False, "required": ["object", "status"],
+            "properties": {"object": _TEXT, "status": {"type": "string", "enum": list(OBJECT_STATUSES)},
+                           "message": _TEXT}}},
+        "drifted": {"type": "array", "maxItems": MAX_DRIFTED_IN_EVENT, "items": {
+            "type": "object", "additionalProperties": False, "required": ["object"],
+            "properties": {"object": _TEXT, "managers": {"type": "array", "maxItems": 10, "items": _TEXT},
+                           "fields": {"type": "array", "maxItems": 20, "items": _TEXT}}}},
+    },
+}
+
+EVENT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["deploymentObjectId", "eventType", "status"],
+    "properties": {
+        "deploymentObjectId": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
+        "eventType": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_TYPE_LENGTH, "pattern": "^[A-Z][A-Z_]*$"},
+        "status": {"type": "string", "enum": list(EVENT_STATUSES)},
+        "message": {"type": "string", "maxLength": MAX_MESSAGE_LENGTH, "pattern": STORABLE_TEXT,
+                    "description": "free text; PostgreSQL cannot store NUL characters or lone UTF-16 surrogates"},
+        "details": DETAILS,
+    },
+}
+
+EVENTS_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["events"],
+    "properties": {"events": {"type": "array", "minItems": 1, "maxItems": MAX_EVENTS_PER_BATCH, "items": EVENT}},
+}
+
+IDENTITY: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "name", "clusterName", "labels", "annotations"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "clusterName": {"type": "string"},
+        "status": {"type": ["string", "null"]},
+        "lastHeartbeat": {"type": ["string", "null"]},
+        "labels": {"type": "array", "items": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+HEARTBEAT_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["lastHeartbeat"],
+    "properties": {"lastHeartbeat": {"type": "string"}},
+}
+
+EVENTS_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["accepted", "ids"],
+    "properties": {"accepted": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "string"}}},
+}
+
 TARGET_STATE: dict[str, Any] = {
     "type": "object",
     "required": ["agentId", "stacks"],

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from stackyard.controller.conditions import Outcome, becomes_stalled, conditions_for
-from stackyard.controller.reconcile import agent_release
+from stackyard.controller.agents import agent_release
 from stackyard.controller.status import (
     agent_phase,
     agents_status,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from stackyard.controller.observe import STACK_STATUS_KEYS
-from stackyard.controller.reconcile import agent_heartbeat_status
+from stackyard.controller.stacks import STACK_STATUS_KEYS
+from stackyard.controller.agents import agent_heartbeat_status
 from stackyard.controller.status import agent_target_agent_status, agents_status, deployment_object_status, drift_status
 from stackyard.config import OperatorConfig
 from stackyard.resources.agent import STATUS as AGENT_STATUS

@@ -9,6 +9,8 @@ from typing import Any
 
 import aiohttp
 
+from ..protocol import MAX_EVENTS_PER_BATCH, Event, Heartbeat, Identity, events_body
+
 
 class BrokerError(Exception):
     """A call to the broker failed; `status` is the HTTP status, 0 when unreachable; `retry_after` the seconds the
@@ -67,12 +69,11 @@ class BrokerClient:
         except TimeoutError:
             raise BrokerError(0, f"{method} {path} timed out") from None
 
-    async def identity(self) -> dict[str, Any]:
-        return (await self._call("GET", "/api/v1/agents/self"))[2]
+    async def identity(self) -> Identity:
+        return Identity.from_json((await self._call("GET", "/api/v1/agents/self"))[2])
 
-    async def heartbeat(self, report: Mapping[str, Any] | None = None) -> None:
-        """Post a heartbeat with the agent's report (`StackAgent.heartbeat_report`)."""
-        await self._call("POST", "/api/v1/agents/self/heartbeat", dict(report or {"status": "ACTIVE"}))
+    async def heartbeat(self, beat: Heartbeat) -> None:
+        await self._call("POST", "/api/v1/agents/self/heartbeat", beat.to_json())
 
     async def target_state(self, etag: str | None, wait: int) -> StateAnswer:
         headers = {"If-None-Match": etag} if etag else {}
@@ -83,11 +84,12 @@ class BrokerClient:
             return StateAnswer(False, etag, None)
         return StateAnswer(True, response_headers.get("ETag"), payload)
 
-    async def post_events(self, events: list[dict[str, Any]]) -> None:
-        """Post events in batches of 100; a failure says how many went through (`BrokerError.sent`)."""
-        for start in range(0, len(events), 100):
+    async def post_events(self, events: list[Event]) -> None:
+        """Post events in batches of MAX_EVENTS_PER_BATCH; a failure says how many went through (`BrokerError.sent`)."""
+        for start in range(0, len(events), MAX_EVENTS_PER_BATCH):
             try:
-                await self._call("POST", "/api/v1/agents/self/events", {"events": events[start:start + 100]})
+                await self._call("POST", "/api/v1/agents/self/events",
+                                 events_body(events[start:start + MAX_EVENTS_PER_BATCH]))
             except BrokerError as exc:
                 exc.sent = start
                 raise

@@ -23,7 +23,18 @@ from typing import Any
 
 from ..backoff import Backoff
 from ..kube import CALL_ERRORS, Kube, Ref, describe
-from ..protocol import DRIFT_EVENT, HEALTH_EVENT, HEALTH_HEALTHY, MAX_DRIFTED_IN_EVENT, WireStack, apply_rank, stacks_of
+from ..protocol import (
+    DRIFT_EVENT,
+    HEALTH_EVENT,
+    HEALTH_HEALTHY,
+    MAX_DRIFTED_IN_EVENT,
+    MAX_MESSAGE_LENGTH,
+    Event,
+    Heartbeat,
+    WireStack,
+    apply_rank,
+    stacks_of,
+)
 from ..metrics import AgentMetrics
 from ..tasks import forever
 from .broker import BrokerClient, BrokerError
@@ -68,7 +79,7 @@ class StackAgent:
     backoffs: dict[str, Backoff] = field(default_factory=dict)
     reported_markers: set[str] = field(default_factory=set)
     dead_since: dict[str, float] = field(default_factory=dict)
-    outbox: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[Event] = field(default_factory=list)
     last_full_apply: float = field(default_factory=time.monotonic)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     health_due: dict[str, float] = field(default_factory=dict)  # deployment object -> next check (monotonic)
@@ -90,13 +101,10 @@ class StackAgent:
         finally:
             beats.cancel()
 
-    def heartbeat_report(self) -> dict[str, Any]:
+    def heartbeat_report(self) -> Heartbeat:
         """What a heartbeat says: alive, and how many stacks the agent still holds in its cluster (the operator
         waits for none before it lets a deleted Agent go)."""
-        report: dict[str, Any] = {"status": "ACTIVE"}
-        if self.held_stacks is not None:
-            report["heldStacks"] = self.held_stacks
-        return report
+        return Heartbeat("ACTIVE", self.held_stacks)
 
     async def _heartbeat(self) -> float | None:
         try:
@@ -370,11 +378,7 @@ class StackAgent:
 
     def _event(self, stack: WireStack, event_type: str, status: str, message: str,
                details: dict[str, Any] | None = None) -> None:
-        event: dict[str, Any] = {"deploymentObjectId": stack.deployment_object_id, "eventType": event_type,
-                                 "status": status, "message": message[:4000]}
-        if details is not None:
-            event["details"] = details
-        self.outbox.append(event)
+        self.outbox.append(Event(stack.deployment_object_id, event_type, status, message[:MAX_MESSAGE_LENGTH], details))
         del self.outbox[:-1000]  # bounded while the broker is unreachable
 
     async def _flush_events(self) -> None:

@@ -56,8 +56,7 @@ async def run_agent(broker_url: str, pak_file: Path, settings: AgentSettings, me
         async with serving(metrics_app(metrics), metrics_address), serving(health, health_address):
             try:
                 identity = await broker.identity()
-                log.info("agent %s in cluster %s connected to %s", identity["name"], identity["clusterName"],
-                         broker_url)
+                log.info("agent %s in cluster %s connected to %s", identity.name, identity.cluster_name, broker_url)
             except Exception as exc:  # keep going: the loop retries and reports
                 log.warning("could not fetch the agent identity yet: %s", exc)
             task = asyncio.create_task(agent.run(), name="agent")

@@ -26,7 +26,15 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from .. import __version__, pak
 from ..logs import Episodes
 from ..metrics import Metrics
-from ..protocol import WireStack, target_state_document
+from ..protocol import (
+    EVENTS_REQUEST,
+    HEARTBEAT_REQUEST,
+    Event,
+    Heartbeat,
+    Identity,
+    WireStack,
+    target_state_document,
+)
 from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
 from . import schemas
 from .limits import Limiter, LimitSettings, Refused
@@ -206,15 +214,8 @@ async def read_json(request: web.Request, schema: dict[str, Any], required: bool
 
 
 def identity(agent: Agent, labels: list[str], annotations: dict[str, str]) -> dict[str, Any]:
-    return {
-        "id": str(agent.id),
-        "name": agent.name,
-        "clusterName": agent.cluster_name,
-        "status": agent.status,
-        "lastHeartbeat": agent.last_heartbeat.isoformat() if agent.last_heartbeat else None,
-        "labels": labels,
-        "annotations": annotations,
-    }
+    return Identity(str(agent.id), agent.name, agent.cluster_name, agent.status,
+                    agent.last_heartbeat.isoformat() if agent.last_heartbeat else None, labels, annotations).to_json()
 
 
 def state_document(agent: Agent, stacks: list[DesiredStack]) -> dict[str, Any]:
@@ -309,9 +310,9 @@ async def get_agent(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     agent = await authenticate(request)
     request.app[LIMITER_KEY].heartbeats.take(agent.id, "heartbeats of this agent come too fast")
-    body = await read_json(request, schemas.HEARTBEAT_REQUEST, required=False)
+    beat = Heartbeat.from_json(await read_json(request, HEARTBEAT_REQUEST, required=False))
     try:
-        at = await request.app[STORE_KEY].heartbeat(agent.id, body.get("status", "ACTIVE"), body.get("heldStacks"))
+        at = await request.app[STORE_KEY].heartbeat(agent.id, beat.status, beat.held_stacks)
     except NotFound:
         raise ApiError(401, "unauthenticated", "the agent was deleted") from None
     return web.json_response({"lastHeartbeat": at.isoformat()})
@@ -350,11 +351,9 @@ async def other_target_state(request: web.Request) -> web.Response:
 
 async def post_events(request: web.Request) -> web.Response:
     agent = await authenticate(request)
-    body = await read_json(request, schemas.EVENTS_REQUEST)
-    events = [
-        EventIn(uuid.UUID(e["deploymentObjectId"]), e["eventType"], e["status"], e.get("message", ""), e.get("details"))
-        for e in body["events"]
-    ]
+    body = await read_json(request, EVENTS_REQUEST)
+    events = [EventIn(uuid.UUID(e.deployment_object_id), e.event_type, e.status, e.message, e.details)
+              for e in map(Event.from_json, body["events"])]
     request.app[LIMITER_KEY].events.take(agent.id, "events of this agent come too fast", len(events))
     try:
         ids = await request.app[STORE_KEY].record_events(agent, events,

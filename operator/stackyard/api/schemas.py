@@ -1,104 +1,23 @@
-"""JSON schemas of request and response bodies, and the OpenAPI document built from them."""
+"""The OpenAPI document of the agent API, assembled from the contract's schemas (`protocol.py`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .. import protocol
-from ..protocol import TARGET_STATE
+from ..protocol import (
+    EVENTS_REQUEST,
+    EVENTS_RESPONSE,
+    HEARTBEAT_REQUEST,
+    HEARTBEAT_RESPONSE,
+    IDENTITY,
+    TARGET_STATE,
+)
 from .validation import CANONICAL_UUID
-
-MAX_EVENTS_PER_BATCH = 100
-MAX_MESSAGE_LENGTH = 4096
-# Text PostgreSQL can store has no NUL. (Nor lone UTF-16 surrogates, which the API refuses in any string too;
-# a pattern cannot say so portably: ECMA and Rust regex engines differ on surrogate ranges.)
-STORABLE_TEXT = r"^[^\x00]*$"
 
 ERROR = {
     "type": "object",
     "required": ["code", "message"],
     "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-}
-
-HEARTBEAT_REQUEST = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "status": {"type": "string", "enum": ["ACTIVE", "DEGRADED"]},
-        "heldStacks": {"type": "integer", "minimum": 0, "maximum": 1000000,
-                       "description": "stacks the agent holds in its cluster (an inventory each) after its last sync"},
-    },
-}
-
-_TEXT = {"type": "string", "maxLength": 600, "pattern": STORABLE_TEXT}
-DETAILS = {
-    "type": "object",
-    "additionalProperties": False,
-    "description": "HEALTH events: the stack's health on this agent (sent only when it changes), object counts per"
-                   " kstatus status and the first unhealthy objects. DRIFT events: the objects another field manager"
-                   " changed, repaired by the agent.",
-    "properties": {
-        "health": {"type": "string", "enum": list(protocol.HEALTHS)},
-        "counts": {"type": "object", "additionalProperties": False,
-                   "properties": {s: {"type": "integer", "minimum": 0, "maximum": 1000000}
-                                  for s in protocol.OBJECT_STATUSES}},
-        "unhealthy": {"type": "array", "maxItems": protocol.MAX_UNHEALTHY_IN_SUMMARY, "items": {
-            "type": "object", "additionalProperties": False, "required": ["object", "status"],
-            "properties": {"object": _TEXT, "status": {"type": "string", "enum": list(protocol.OBJECT_STATUSES)},
-                           "message": _TEXT}}},
-        "drifted": {"type": "array", "maxItems": protocol.MAX_DRIFTED_IN_EVENT, "items": {
-            "type": "object", "additionalProperties": False, "required": ["object"],
-            "properties": {"object": _TEXT, "managers": {"type": "array", "maxItems": 10, "items": _TEXT},
-                           "fields": {"type": "array", "maxItems": 20, "items": _TEXT}}}},
-    },
-}
-
-EVENT = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["deploymentObjectId", "eventType", "status"],
-    "properties": {
-        "deploymentObjectId": {"type": "string", "format": "uuid",
-                               "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
-        "eventType": {"type": "string", "minLength": 1, "maxLength": 50, "pattern": "^[A-Z][A-Z_]*$"},
-        "status": {"type": "string", "enum": ["SUCCESS", "FAILURE"]},
-        "message": {"type": "string", "maxLength": MAX_MESSAGE_LENGTH, "pattern": STORABLE_TEXT,
-                    "description": "free text; PostgreSQL cannot store NUL characters or lone UTF-16 surrogates"},
-        "details": DETAILS,
-    },
-}
-
-EVENTS_REQUEST = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["events"],
-    "properties": {"events": {"type": "array", "minItems": 1, "maxItems": MAX_EVENTS_PER_BATCH, "items": EVENT}},
-}
-
-AGENT_IDENTITY = {
-    "type": "object",
-    "required": ["id", "name", "clusterName", "labels", "annotations"],
-    "properties": {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "clusterName": {"type": "string"},
-        "status": {"type": "string"},
-        "lastHeartbeat": {"type": ["string", "null"]},
-        "labels": {"type": "array", "items": {"type": "string"}},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-    },
-}
-
-HEARTBEAT_RESPONSE = {
-    "type": "object",
-    "required": ["lastHeartbeat"],
-    "properties": {"lastHeartbeat": {"type": "string"}},
-}
-
-EVENTS_RESPONSE = {
-    "type": "object",
-    "required": ["accepted", "ids"],
-    "properties": {"accepted": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "string"}}},
 }
 
 HEALTH = {"type": "object", "properties": {"status": {"type": "string"}}}
@@ -158,12 +77,12 @@ def openapi_document(version: str, max_wait_seconds: int = 60) -> dict[str, Any]
         "paths": {
             "/api/v1/agents/self": {"get": {
                 "summary": "This agent's identity", "security": secured,
-                "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)}, **_errors(*AUTHENTICATED)},
+                "responses": {"200": {"description": "Identity", "content": _json(IDENTITY)}, **_errors(*AUTHENTICATED)},
             }},
             "/api/v1/agents/{agentId}": {"get": {
                 "summary": "An agent's identity; only an agent's own id is allowed", "security": secured,
                 "parameters": [agent_id_param],
-                "responses": {"200": {"description": "Identity", "content": _json(AGENT_IDENTITY)},
+                "responses": {"200": {"description": "Identity", "content": _json(IDENTITY)},
                               **_errors(*AUTHENTICATED, 403)},
             }},
             "/api/v1/agents/self/heartbeat": {"post": {

@@ -1,4 +1,5 @@
-"""Kubernetes-style conditions (Ready, Reconciling, Stalled) that kubectl wait, Flux and kstatus read.
+"""The outcome of a reconcile and the Kubernetes-style conditions it becomes (Ready, Reconciling, Stalled), which
+kubectl wait, Flux and kstatus read.
 
 Ready, Reconciling and Stalled belong to the reconcile outcome (`conditions_for`); other types (a Stack's
 Healthy and RolloutHalted) are set by the status path (`set_condition`) and survive the outcome's writes.
@@ -7,9 +8,12 @@ Healthy and RolloutHalted) are set by the status path (`set_condition`) and surv
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+from .render import InvalidSpec
 
 MAX_MESSAGE = 2048
 OUTCOME_TYPES = ("Ready", "Reconciling", "Stalled")
@@ -99,3 +103,43 @@ def becomes_stalled(previous: Mapping[str, Any], generation: int | None, reason:
         return True
     return not any(c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") == reason
                    for c in previous.get("conditions") or () if isinstance(c, Mapping))
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """A Normal Kubernetes Event worth posting: something a person would want in `kubectl describe`."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    status: dict[str, Any]
+    milestones: tuple[Milestone, ...] = ()
+    # Observing found a state only a write settles (an AgentTarget whose Stack exists but has no row for it).
+    needs_write: bool = False
+
+
+def uid_of(body: Mapping[str, Any]) -> uuid.UUID:
+    """The object's uid: the id of its row in the store (never a status field, which others can write)."""
+    return uuid.UUID(body["metadata"]["uid"])
+
+
+def spec_of(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The object's spec, or InvalidSpec."""
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        raise InvalidSpec("InvalidSpec", "spec is required and must be an object")
+    return spec
+
+
+def with_outcome(result: Result, generation: int | None, previous: Mapping[str, Any]) -> dict[str, Any]:
+    """A result's status fields plus its conditions and observedGeneration."""
+    status = dict(result.status)
+    status["conditions"] = conditions_for(result.outcome, generation,
+                                          result.status.get("conditions") or previous.get("conditions"))
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status

@@ -34,7 +34,9 @@ from ..store import Store
 from ..store.listen import AGENTS_CHANNEL, EVENTS_CHANNEL, STATE_CHANNEL, listen_forever
 from ..tasks import forever
 from .events import Stalls, announce_stall, post_event
-from .observe import agent_status_patch, agent_target_status_patch, stack_status_patch
+from .agents import agent_status_patch
+from .stacks import stack_status_patch
+from .targets import agent_target_status_patch
 from .status import newly_failed
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ..protocol import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_UNKNOWN
+from ..protocol import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_UNKNOWN
 from ..store import Agent, DeploymentObject, TargetRow
 from ..store import EventRow
 
@@ -234,3 +234,14 @@ def heartbeat_is_old(previous: Mapping[str, Any], status: Mapping[str, Any], thr
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
     return (parse(new) - parse(old)).total_seconds() >= throttle
+
+
+def overall_health(healths: list[str]) -> str:
+    """One health for several agents: Degraded if any is, Healthy if all are, else Progressing (Unknown: none)."""
+    if not healths:
+        return HEALTH_UNKNOWN
+    if HEALTH_DEGRADED in healths:
+        return HEALTH_DEGRADED
+    if all(h == HEALTH_HEALTHY for h in healths):
+        return HEALTH_HEALTHY
+    return HEALTH_PROGRESSING

@@ -1,0 +1,144 @@
+"""The Stack kind: reconciling a Stack into the store, and the one place its status is computed and written.
+
+Status fields: `stackId`, `deploymentObject` (from the reconcile), `targets`, `agents`, `rollout` (from the
+targets' rows), `conditions` and `observedGeneration`. Conditions: Ready, Reconciling and Stalled belong to the
+reconcile outcome (`conditions_for`); Healthy and RolloutHalted to the status path (`stack_target_status`).
+What people see change: STACK_KEYS (the mirror's patches), STACK_STATUS_KEYS (a full resync); `visible`
+ignores times that move by themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from ..store import Conflict, Store, sha256_hex
+from .conditions import Milestone, Result, ready_outcome, retrying_outcome, set_condition, spec_of, uid_of
+from .render import InvalidSpec, render_stack, validate_annotations, validate_labels
+from .rollout import RolloutView, advance, parse_rollout
+from .rollout import view as rollout_view
+from .rollout import unhealthy_message
+from .status import agents_status, deployment_object_status, healthy_condition, visible
+from .conditions import now_rfc3339
+
+STACK_KEYS = ("targets", "agents", "rollout", "conditions")
+
+
+# Everything the operator writes in a Stack's status (what a full resync compares and restores).
+STACK_STATUS_KEYS = ("stackId", "deploymentObject", *STACK_KEYS, "observedGeneration")
+
+
+def stack_row_name(namespace: str, name: str) -> str:
+    """`stacks.name` of a Stack resource."""
+    return f"{namespace}/{name}"
+
+
+def _stack_spec(body: Mapping[str, Any]) -> tuple[str | None, list[str], dict[str, str], str, int,
+                                                 Mapping[str, Any] | None]:
+    """(description, labels, annotations, canonical YAML, resource count, rollout policy) of a Stack's spec, or
+    InvalidSpec naming what is wrong."""
+    spec = spec_of(body)
+    description = spec.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidSpec("InvalidSpec", "spec.description must be a string")
+    labels = validate_labels(spec.get("labels"), "spec.labels")
+    annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
+    content, count = render_stack(spec)
+    return description, labels, annotations, content, count, parse_rollout(spec)
+
+
+async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tuple[Result, bool]:
+    """Upsert the stack and emit a deployment object when its content changed; returns (result, emitted)."""
+    meta = body["metadata"]
+    description, labels, annotations, content, count, rollout = _stack_spec(body)
+    stack_id = uid_of(body)
+    try:
+        emitted = await store.save_stack(
+            stack_id, stack_row_name(meta["namespace"], meta["name"]), description, labels, annotations, content,
+            rollout,
+        )
+    except Conflict as exc:
+        raise InvalidSpec("StackDeleted", str(exc)) from exc
+    if rollout is not None:
+        await advance(store, stack_id)
+    do = emitted.deployment_object
+    status = await stack_target_status(store, stack_id, do, body.get("status") or {}, now, rollout)
+    status["stackId"] = str(stack_id)
+    status["deploymentObject"] = deployment_object_status(do, count)
+    outcome = ready_outcome(f"sequence {do.sequence_id} stored ({count} resources)")
+    milestones = (Milestone("Emitted", f"deployment object sequence {do.sequence_id} emitted ({count} resources)"),)
+    return Result(outcome, status, milestones if emitted.created else ()), emitted.created
+
+
+async def observe_stack(store: Store, body: Mapping[str, Any], now: str) -> Result:
+    """The outcome and status a Stack should show now, reading only; `needs_write` when the store does not hold
+    what its spec renders to (a change no handler has stored yet).
+
+    Everything comes from the spec and the store, keyed by the object's uid: nothing is read back from the
+    status, which anyone allowed to write `stacks/status` could have forged.
+    """
+    _description, _labels, _annotations, content, count, rollout = _stack_spec(body)
+    stack_id = uid_of(body)
+    latest = await store.latest_deployment_object(stack_id)
+    stored_policy = await store.stack_rollout(stack_id)
+    if latest is None or latest.is_deletion_marker or latest.yaml_checksum != sha256_hex(content) or (
+            stored_policy != rollout):
+        return Result(retrying_outcome("Reconciling", "the spec is not stored yet"), {}, needs_write=True)
+    status = await stack_target_status(store, stack_id, latest, body.get("status") or {}, now, rollout)
+    status["stackId"] = str(stack_id)
+    status["deploymentObject"] = deployment_object_status(latest, count)
+    return Result(ready_outcome(f"sequence {latest.sequence_id} stored ({count} resources)"), status)
+
+
+async def stack_target_status(
+    store: Store, stack_id: uuid.UUID, latest: Any, previous_status: Mapping[str, Any], now: str,
+    policy: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """`targets` and `agents` of a Stack's status from its targets and their agents' events."""
+    rows = await store.target_rows(stack_id)
+    counts, entries = agents_status(latest, rows, previous_status.get("agents"), now)
+    status: dict[str, Any] = {"targets": counts, "agents": entries}
+    conditions = set_condition(previous_status.get("conditions"), "Healthy", *healthy_condition(latest, rows), now)
+    rollout = rollout_view(policy, latest, rows)
+    if rollout is None:
+        status["rollout"] = None
+        conditions = set_condition(conditions, "RolloutHalted", None)
+    else:
+        status["rollout"] = rollout.status()
+        conditions = set_condition(conditions, "RolloutHalted", *rollout_halted(rollout), now)
+    status["conditions"] = conditions
+    return status
+
+
+def rollout_halted(rollout: RolloutView) -> tuple[str, str, str]:
+    """(status, reason, message) of a Stack's RolloutHalted condition."""
+    progress = f"sequence {rollout.sequence_id} released to {rollout.released}/{rollout.total} agents," \
+               f" {rollout.healthy} healthy"
+    if rollout.halted_by is not None:
+        row = rollout.halted_by
+        return "True", "AgentDegraded", (f"agent {row.agent_name} in cluster {row.cluster_name} is Degraded on"
+                                         f" sequence {rollout.sequence_id} ({unhealthy_message(row)}); {progress}")
+    if rollout.paused:
+        return "True", "Paused", f"spec.rollout.pause is true; {progress}"
+    if rollout.released == rollout.total:
+        return "False", "Released", progress
+    return "False", "RollingOut", progress
+
+
+async def delete_stack(store: Store, body: Mapping[str, Any]) -> None:
+    """Soft-delete: the database emits the deletion marker that the targets carry to the agents."""
+    await store.soft_delete_stack(uid_of(body))
+
+
+async def stack_status_patch(store: Store, stack_id: uuid.UUID, previous: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Stack's `targets`, `agents`, `rollout` and conditions when they visibly differ from `previous`, else None.
+
+    First releases the latest version to more agents when the rollout allows it (their health changed).
+    """
+    policy = await store.stack_rollout(stack_id)
+    if policy is not None:
+        await advance(store, stack_id)
+    latest = await store.latest_deployment_object(stack_id)
+    status = await stack_target_status(store, stack_id, latest, previous, now_rfc3339(), policy)
+    return status if visible(status, STACK_KEYS) != visible(previous, STACK_KEYS) else None
