@@ -5,7 +5,9 @@
 First wrk (Debian's package; installed with apt-get when missing and the
 benchmark runs as root) drives 304s of one agent with 10 stacks at stackyard
 and, in the same run, at a bare aiohttp handler answering 304 on the same
-machine: both rates, their p99 and the ratio. Target: a ratio of at least 0.5,
+machine: both rates, their p99 and the ratio; then the same 304s over TLS at a
+second `stackyard api` serving a throwaway certificate (keep-alive
+connections: the handshake is paid once per connection). Target: a ratio of at least 0.5,
 p99 under 10 ms. Then an aiohttp client measures target-state 200s and 304s
 across all agents, heartbeats/s and events/s.
 
@@ -25,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -101,12 +104,12 @@ def wrk(binary: str, url: str, headers: dict[str, str], seconds: float, connecti
 
 
 async def compare_with_bare_aiohttp(http: aiohttp.ClientSession, base: str, token: str, etag: str, seconds: float,
-                                    connections: int) -> None:
+                                    connections: int) -> tuple[float, float] | None:
     """stackyard's 304 path against a bare aiohttp 304 handler, both driven by wrk in this run."""
     binary = ensure_wrk()
     if binary is None:
         print("wrk: not installed (apt-get install wrk); the comparison with bare aiohttp is skipped")
-        return
+        return None
     progress(f"wrk: stackyard 304s for {seconds:.0f}s")
     ours = wrk(binary, f"{base}/target-state", {"Authorization": f"Bearer {token}", "If-None-Match": etag}, seconds,
                connections)
@@ -122,6 +125,39 @@ async def compare_with_bare_aiohttp(http: aiohttp.ClientSession, base: str, toke
     print(f"wrk, {connections} connections, one agent with 10 stacks: stackyard 304 {ours[0]:.0f}/s p99 {ours[1]:.2f} ms;"
           f" bare aiohttp 304 {theirs[0]:.0f}/s p99 {theirs[1]:.2f} ms; ratio {ours[0] / theirs[0]:.2f}"
           " (target >= 0.5, p99 < 10 ms)")
+    return ours
+
+
+async def compare_tls(http: aiohttp.ClientSession, url: str, token: str, etag: str, seconds: float, connections: int,
+                      plain: tuple[float, float]) -> None:
+    """The same 304s over TLS (a second `stackyard api` with a certificate from a throwaway CA), in this run."""
+    import trustme
+
+    binary = ensure_wrk()
+    if binary is None:
+        return
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+        leaf.private_key_pem.write_to_path(key)
+        with open(cert, "wb") as out:
+            out.write(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+        port = free_port()
+        proc = stackyard_process("api", "--api-address", f"127.0.0.1:{port}", "--metrics-address",
+                                 f"127.0.0.1:{free_port()}", "--pool-size", "20", "--tls-cert-file", cert,
+                                 "--tls-key-file", key, env={"STACKYARD_DATABASE_URL": url,
+                                                             "STACKYARD_LOG_LEVEL": "WARNING"})
+        try:
+            await wait_ready(http, f"https://127.0.0.1:{port}/readyz")
+            progress(f"wrk: stackyard 304s over TLS for {seconds:.0f}s")
+            ours = wrk(binary, f"https://127.0.0.1:{port}/api/v1/agents/self/target-state",
+                       {"Authorization": f"Bearer {token}", "If-None-Match": etag}, seconds, connections)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"wrk over TLS (keep-alive, TLS 1.3): stackyard 304 {ours[0]:.0f}/s p99 {ours[1]:.2f} ms; plain HTTP"
+          f" {plain[0]:.0f}/s p99 {plain[1]:.2f} ms; TLS/plain {ours[0] / plain[0]:.2f}")
 
 
 async def hammer(name: str, seconds: float, concurrency: int, call) -> tuple[int, list[float]]:
@@ -190,7 +226,9 @@ async def run(agents: int, stacks: int, seconds: float, concurrency: int) -> Non
 
                 print(f"machine: {machine()}")
                 print(f"agents: {agents}, stacks: {stacks}, targets per agent: 10, concurrency: {concurrency}")
-                await compare_with_bare_aiohttp(http, base, creds[0][0], etags[0], seconds, concurrency)
+                plain = await compare_with_bare_aiohttp(http, base, creds[0][0], etags[0], seconds, concurrency)
+                if plain is not None:
+                    await compare_tls(http, url, creds[0][0], etags[0], seconds, concurrency, plain)
                 for name, call in (("target-state 200 (full)", full), ("target-state 304", not_modified),
                                    ("heartbeats", heartbeat), ("events (1 per request)", events)):
                     progress(f"measuring {name} for {seconds:.0f}s")

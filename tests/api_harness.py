@@ -39,7 +39,8 @@ async def running_api(db_url: str, pool_size: int = 10, listen_url: str | None =
         deadline = asyncio.get_running_loop().time() + 10
         while not server.waiters.cache.enabled and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
-        yield RunningApi(f"http://127.0.0.1:{port}", server.store, metrics, server.waiters)
+        scheme = "https" if settings.tls_cert_file else "http"
+        yield RunningApi(f"{scheme}://127.0.0.1:{port}", server.store, metrics, server.waiters)
 
 
 async def make_agent(store: Store, name: str, cluster: str = "eu-1") -> tuple[uuid.UUID, str]:

@@ -21,6 +21,7 @@ from stackyard.agent.loop import AgentSettings, StackAgent
 from stackyard.agent.main import key_reader
 from stackyard.kube import Kube, url_configuration
 from stackyard.metrics import AgentMetrics
+from stackyard.tls import ReloadingContext
 
 from .api_harness import RunningApi
 from .emulator import KubeServer
@@ -59,9 +60,9 @@ class RunningAgent:
 
 
 async def start_agent(api_url: str, pak_file: Path, target: KubeServer, kube: Kube | None = None,
-                      **settings: Any) -> RunningAgent:
+                      tls: ReloadingContext | None = None, **settings: Any) -> RunningAgent:
     kube = kube or Kube(url_configuration(target.url), user_agent="stackyard-agent")
-    broker = BrokerClient(api_url, key_reader(pak_file))
+    broker = BrokerClient(api_url, key_reader(pak_file), tls=tls)
     agent = StackAgent(broker, kube, agent_settings(**settings), AgentMetrics())
     return RunningAgent(agent, asyncio.create_task(agent.run()), kube, broker)
 

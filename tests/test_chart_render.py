@@ -80,7 +80,11 @@ def test_helm_lint_passes():
 @pytest.mark.parametrize("values,manifests", [
     ((), "manifests"),
     (("mode=agent", "agent.brokerUrl=https://stackyard.example.com"), "manifests/agent"),
-], ids=["operator", "agent"])
+    (("tls.enabled=true", "tls.certManager.issuerRef.name=stackyard-ca", "tls.certManager.issuerRef.kind=ClusterIssuer"),
+     "examples/tls-install"),
+    (("mode=agent", "agent.brokerUrl=https://stackyard.example.com", "agent.caBundle.configMap=stackyard-ca"),
+     "examples/agent-private-ca"),
+], ids=["operator", "agent", "operator-tls", "agent-private-ca"])
 def test_chart_and_kustomize_render_the_same_objects(values, manifests):
     chart = by_kind_and_name(helm_template(*values))
     kust = by_kind_and_name(kustomize(ROOT / manifests))

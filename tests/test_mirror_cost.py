@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 
-from stackyard.controller.mirror import SELECTORS, Mirror
+from stackyard.controller.mirror import SELECTORS, Mirror, index_entry
 from stackyard.metrics import Metrics
 from stackyard.store import Store
 from stackyard.store.listen import AGENTS_CHANNEL
@@ -40,9 +40,10 @@ async def test_heartbeats_do_not_reevaluate_selectors_but_registration_changes_d
     try:
         agent_id = uuid.uuid4()
         await store.register_agent(agent_id, "edge", "eu-1", namespace="default", selector_labels={"region": "eu"})
-        selector_target = {"status": {}, "body": {
+        selector_target = index_entry({
+            "apiVersion": "stackyard.dev/v1alpha1", "kind": "AgentTarget",
             "metadata": {"uid": str(uuid.uuid4()), "namespace": "default", "name": "web-eu", "generation": 1},
-            "spec": {"stackRef": {"name": "web"}, "agentSelector": {"matchLabels": {"region": "eu"}}}}}
+            "spec": {"stackRef": {"name": "web"}, "agentSelector": {"matchLabels": {"region": "eu"}}}})
         mirror = Mirror(store=store, database_url=db_url, kube=lambda: kube, metrics=Metrics(),
                         config=operator_config(db_url, kube_server), stacks_by_uid={}, targets_by_stack={},
                         targets_by_agent={}, agents_by_uid={}, selector_targets={SELECTORS: [selector_target]})

@@ -160,6 +160,14 @@ def add_api_limits(parser: argparse.ArgumentParser) -> None:
                "live events kept per agent and deployment object; older ones are deleted as new ones arrive", "50", type=positive_int)
 
 
+def add_tls(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--tls-cert-file", "serve the agent API over TLS only, with this PEM certificate (chain);"
+               " reloaded when the file changes", None)
+    add_option(parser, "--tls-key-file", "the certificate's private key (PEM)", None)
+    add_option(parser, "--tls-client-ca-file",
+               "require agents to present a client certificate signed by this CA (besides their key)", None)
+
+
 def api_settings(args: argparse.Namespace):  # -> ApiSettings (imported lazily: the CLI starts fast)
     from .api import ApiSettings
     from .api.limits import LimitSettings
@@ -173,7 +181,13 @@ def api_settings(args: argparse.Namespace):  # -> ApiSettings (imported lazily: 
         auth_failures_burst=args.api_auth_failures_burst,
         max_connections=args.api_max_connections,
     )
-    return ApiSettings(body_timeout=duration_seconds(args.api_body_timeout),
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        raise ValueError("--tls-cert-file and --tls-key-file go together (STACKYARD_TLS_CERT_FILE, STACKYARD_TLS_KEY_FILE)")
+    if args.tls_client_ca_file and not args.tls_cert_file:
+        raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file: client certificates need TLS")
+    return ApiSettings(tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
+                       tls_client_ca_file=args.tls_client_ca_file,
+                       body_timeout=duration_seconds(args.api_body_timeout),
                        idle_timeout=duration_seconds(args.api_idle_timeout),
                        database_timeout=duration_seconds(args.api_database_timeout),
                        database_deadline=duration_seconds(args.api_database_deadline),
@@ -189,6 +203,7 @@ def add_api(commands: argparse._SubParsersAction) -> None:
     add_option(api, "--metrics-address", "listen address of /metrics", "0.0.0.0:9090")
     add_option(api, "--pool-size", "maximum PostgreSQL connections", "10")
     add_api_limits(api)
+    add_tls(api)
     api.set_defaults(handler=cmd_api)
 
 
@@ -223,6 +238,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     add_option(run, "--leader-election-namespace",
                "namespace of the Lease for leader election (replicas stand by); unset runs without election", None)
     add_api_limits(run)
+    add_tls(run)
     run.set_defaults(handler=cmd_run)
 
 
@@ -230,11 +246,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .agent.loop import AgentSettings
-    from .agent.main import run_agent
+    from .agent.main import AgentTls, run_agent
     from .durations import duration_seconds
+
+    from .tls import check_broker_url
 
     if not args.broker_url or not args.pak_file:
         raise ValueError("--broker-url and --pak-file are required (or STACKYARD_BROKER_URL and STACKYARD_PAK_FILE)")
+    warning = check_broker_url(args.broker_url, args.allow_insecure_http)  # before any connection is opened
+    if warning is not None:
+        log.warning("%s", warning)
+    if bool(args.client_cert_file) != bool(args.client_key_file):
+        raise ValueError("--client-cert-file and --client-key-file go together")
     settings = AgentSettings(
         namespace=args.namespace,
         heartbeat_interval=duration_seconds(args.heartbeat_interval),
@@ -243,7 +266,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         health_poll_max=duration_seconds(args.health_poll_max),
     )
     asyncio.run(run_agent(args.broker_url, Path(args.pak_file), settings, args.metrics_address, args.health_address,
-                          kubeconfig=args.kubeconfig))
+                          kubeconfig=args.kubeconfig,
+                          tls=AgentTls(args.ca_file, args.client_cert_file, args.client_key_file)))
     return 0
 
 
@@ -253,6 +277,14 @@ def add_agent(commands: argparse._SubParsersAction) -> None:
     add_option(agent, "--broker-url", "base URL of the stackyard agent API", None)
     add_option(agent, "--pak-file", "file holding this agent's API key (the pak key of Secret <agent>-pak)", None)
     add_option(agent, "--kubeconfig", "kubeconfig of the target cluster; unset uses the in-cluster service account", None)
+    add_option(agent, "--ca-file", "PEM bundle of the CAs that sign the broker's certificate, used instead of the"
+               " system's; reloaded when it changes", None)
+    add_option(agent, "--client-cert-file", "client certificate (PEM) for a broker that requires one", None)
+    add_option(agent, "--client-key-file", "the client certificate's private key (PEM)", None)
+    agent.add_argument("--allow-insecure-http", action="store_true",
+                       default=os.environ.get("STACKYARD_ALLOW_INSECURE_HTTP", "").lower() in ("1", "true", "yes"),
+                       help="allow an http:// broker URL to a host that is not loopback: the key travels in clear"
+                            " (env STACKYARD_ALLOW_INSECURE_HTTP; default: refused)")
     add_option(agent, "--namespace", "namespace of the agent's inventory ConfigMaps", "stackyard-system")
     add_option(agent, "--heartbeat-interval", "time between heartbeats", "10s")
     add_option(agent, "--resync-interval", "re-apply everything this often to repair drift", "5m")

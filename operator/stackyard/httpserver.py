@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,14 +61,15 @@ def metrics_app(metrics: HasRegistry, readiness: Readiness | None = None) -> web
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application, address: str, runner: web.AppRunner | None = None) -> AsyncIterator[web.AppRunner]:
-    """Serve `app` on `address` (with `runner` when given) for the duration of the block."""
+async def serving(app: web.Application, address: str, runner: web.AppRunner | None = None,
+                  ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[web.AppRunner]:
+    """Serve `app` on `address` (with `runner` when given, over TLS with `ssl_context`) for the block."""
     host, port = split_address(address)
     runner = runner or web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
-        log.info("listening on %s", address)
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        log.info("listening on %s%s", address, " (TLS)" if ssl_context else "")
         yield runner
     finally:
         await runner.cleanup()

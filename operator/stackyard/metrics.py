@@ -81,6 +81,14 @@ class Metrics:
             "stackyard_api_listener_up", "1 while the API's LISTEN connection is proven alive (a round trip within"
             " the last seconds): only then are 304s answered from its cache.", registry=r,
         )
+        self.tls_reload_errors_total = Counter(
+            "stackyard_api_tls_reload_errors", "Renewed TLS files that did not load (the previous ones stay in use).",
+            registry=r,
+        )
+        self.tls_certificate_expiry = Gauge(
+            "stackyard_api_tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the certificate the API serves expires.", registry=r,
+        )
         self.db_pool_connections = Gauge(
             "stackyard_db_pool_connections", "PostgreSQL pool connections by state (size, idle, waiting).", ["state"],
             registry=r,

@@ -27,7 +27,8 @@ from .httpserver import Readiness, metrics_app, serving, split_address
 from .kube import CALL_ERRORS, Kube, describe, kube_configuration
 from .metrics import Metrics
 from .store import Store
-from .tasks import forever
+from .tasks import Step, forever
+from .tls import ReloadingContext, certificate_expiry, server_context
 
 UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
 
@@ -112,19 +113,46 @@ async def api_serving(
     store = await Store.open(database_url, min_size=1, max_size=pool_max_size, timeout=settings.database_timeout,
                              deadline=settings.database_deadline, statement_timeout=settings.database_deadline + 1)
     waiters = StateWaiters(store, listen_url or database_url)
-    listener = asyncio.create_task(waiters.run(), name="state-listener")
+    tls = api_tls(settings, metrics)
+    background = [asyncio.create_task(waiters.run(), name="state-listener")]
+    if tls is not None:
+        background.append(asyncio.create_task(forever(
+            "TLS renewal", _refreshing(tls), settings.tls_reload_interval, log,
+            metrics.task_errors_total.labels("tls-renewal").inc), name="tls-renewal"))
     quiet_accept_errors(asyncio.get_running_loop(), metrics.api_accept_errors_total.inc)
     try:
         app = create_app(store, metrics, waiters, settings)
         limit = app[LIMITER_KEY].max_connections()
         guard = ConnectionGuard(limit, metrics.api_connections_refused_total.inc)
         runner = ApiRunner(app, settings.idle_timeout, guard, shutdown_timeout=settings.shutdown_timeout)
-        async with serving(app, address, runner):
+        async with serving(app, address, runner, tls.context if tls else None):
             log.debug("the agent API accepts up to %d connections", limit)
             yield ApiServer(store, waiters, app)
     finally:
-        await _cancel(listener)
+        for task in background:
+            await _cancel(task)
         await store.close()
+
+
+def api_tls(settings: ApiSettings, metrics: Metrics) -> ReloadingContext | None:
+    """The API's TLS context from its files (None: plain HTTP), reporting renewals through the metrics."""
+    if not settings.tls_cert_file:
+        return None
+
+    def loaded(context: ReloadingContext) -> None:
+        expiry = certificate_expiry(context.cert_file) if context.cert_file else None
+        if expiry is not None:
+            metrics.tls_certificate_expiry.set(expiry.timestamp())
+
+    return server_context(settings.tls_cert_file, settings.tls_key_file or settings.tls_cert_file,
+                          settings.tls_client_ca_file, lambda _: metrics.tls_reload_errors_total.inc(), loaded)
+
+
+def _refreshing(tls: ReloadingContext) -> Step:
+    async def step() -> None:
+        tls.refresh()
+
+    return step
 
 
 async def _cancel(task: asyncio.Task) -> None:

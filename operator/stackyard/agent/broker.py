@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from ..protocol import MAX_EVENTS_PER_BATCH, Event, Heartbeat, Identity, events_body
+from ..tls import ReloadingContext
 
 
 class BrokerError(Exception):
@@ -33,10 +34,12 @@ class StateAnswer:
 class BrokerClient:
     """Calls the API with the key that `read_key` returns (re-read on every call, so a rotated Secret is picked up)."""
 
-    def __init__(self, base_url: str, read_key: Callable[[], str], timeout: float = 10.0):
+    def __init__(self, base_url: str, read_key: Callable[[], str], timeout: float = 10.0,
+                 tls: ReloadingContext | None = None):
         self.base_url = base_url.rstrip("/")
         self.read_key = read_key
         self.timeout = timeout
+        self.tls = tls  # the CAs and client certificate, re-read when their files change
         self._session: aiohttp.ClientSession | None = None
 
     def _session_now(self) -> aiohttp.ClientSession:
@@ -52,10 +55,13 @@ class BrokerClient:
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float | None = None
     ) -> tuple[int, Mapping[str, str], Any]:
         all_headers = {"Authorization": f"Bearer {self.read_key()}", **(headers or {})}
+        if self.tls is not None:
+            self.tls.refresh()
         try:
             async with self._session_now().request(
                 method, self.base_url + path, json=body, headers=all_headers,
                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+                ssl=self.tls.context if self.tls is not None else True,
             ) as response:
                 text = await response.text()
                 payload = json.loads(text) if text and response.content_type == "application/json" else None
@@ -64,6 +70,9 @@ class BrokerClient:
                     raise BrokerError(response.status, str(message), _seconds(response.headers.get("Retry-After")))
                 # aiohttp's headers are case-insensitive; a plain dict is not (the server sends "Etag").
                 return response.status, response.headers.copy(), payload
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise BrokerError(0, f"the broker's certificate is not trusted ({exc.certificate_error}); give the agent"
+                                 " the CA that signed it with --ca-file") from None
         except aiohttp.ClientError as exc:
             raise BrokerError(0, str(exc) or type(exc).__name__) from None
         except TimeoutError:

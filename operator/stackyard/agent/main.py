@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from aiohttp import web
 from ..httpserver import metrics_app, serving
 from ..kube import Kube, load_configuration
 from ..metrics import AgentMetrics
+from ..tls import ReloadingContext, client_context
 from .broker import BrokerClient
 from .loop import AgentSettings, StackAgent
 
@@ -32,11 +34,25 @@ def key_reader(path: Path):
     return read
 
 
+@dataclass(frozen=True)
+class AgentTls:
+    """The agent's TLS files: the CAs it trusts (None: the system's), its optional client certificate."""
+
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+    def context(self) -> ReloadingContext | None:
+        if not (self.ca_file or self.client_cert_file):
+            return None  # aiohttp's default: the system's CAs, no client certificate
+        return client_context(self.ca_file, self.client_cert_file, self.client_key_file)
+
+
 async def run_agent(broker_url: str, pak_file: Path, settings: AgentSettings, metrics_address: str,
-                    health_address: str, kubeconfig: str | None = None) -> None:
+                    health_address: str, kubeconfig: str | None = None, tls: AgentTls | None = None) -> None:
     """Run until SIGTERM/SIGINT."""
     metrics = AgentMetrics()
-    broker = BrokerClient(broker_url, key_reader(pak_file))
+    broker = BrokerClient(broker_url, key_reader(pak_file), tls=(tls or AgentTls()).context())
     kube = Kube(load_configuration(kubeconfig), user_agent="stackyard-agent")
     agent = StackAgent(broker, kube, settings, metrics)
     stop = asyncio.Event()

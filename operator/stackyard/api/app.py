@@ -75,6 +75,12 @@ class ApiSettings:
     # Live agent events kept per agent and deployment object (older ones are deleted as new ones arrive).
     events_per_object: int = 50
     limits: LimitSettings = LimitSettings()
+    # TLS: with a certificate and key the API listens with TLS only; with a client CA it requires client
+    # certificates signed by it. The files are checked for renewal every `tls_reload_interval` seconds.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    tls_reload_interval: float = 5.0
 
 
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)

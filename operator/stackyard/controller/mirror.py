@@ -80,6 +80,8 @@ class Mirror:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     listening: bool = False
     outages: Episodes = field(default_factory=Episodes)
+    # uid -> (when, the status as this process last wrote it): newer than Kopf's index until its watch catches up
+    written: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     stalls: Stalls = field(default_factory=Stalls)
 
     async def run(self) -> None:
@@ -175,11 +177,25 @@ class Mirror:
         self.dirty_target_refs.setdefault((namespace, stack_name), time.time())
         self.wake.set()
 
-    async def _patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any], at: float) -> None:
+    def _previous(self, indexed: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The newest status this process knows for an indexed object: Kopf's snapshot, or what the mirror itself
+        wrote after that snapshot was taken (the watch event of its own patch may not have arrived yet; comparing
+        with the older snapshot would take a real change back to it for no change at all)."""
+        written = self.written.get(indexed["uid"])
+        if written is not None and written[0] > indexed["seen"]:
+            return written[1]
+        return indexed["status"]
+
+    async def _patch_status(self, kind: str, indexed: Mapping[str, Any], status: dict[str, Any], at: float) -> None:
         try:
-            await self.kube().merge_patch(Ref(API_VERSION, kind, name, namespace), {"status": status}, "status")
+            await self.kube().merge_patch(Ref(API_VERSION, kind, indexed["name"], indexed["namespace"]),
+                                          {"status": status}, "status")
         except NotFoundError:
             return  # deleted meanwhile
+        self.written[indexed["uid"]] = (time.monotonic(), {**self._previous(indexed), **status})
+        if len(self.written) > 100_000:  # bounded: the oldest are the least likely to matter
+            for uid in sorted(self.written, key=lambda u: self.written[u][0])[:50_000]:
+                del self.written[uid]
         self.metrics.status_patches_total.labels(kind).inc()
         self.metrics.status_mirror_lag_seconds.observe(max(0.0, time.time() - at))
 
@@ -187,11 +203,11 @@ class Mirror:
         indexed = first(self.stacks_by_uid, str(stack_id))
         if indexed is None:
             return
-        previous = indexed["status"]
+        previous = self._previous(indexed)
         status = await stack_status_patch(self.store, stack_id, previous)
         self.metrics.observe_stack(str(stack_id), status or previous)
         if status is not None:
-            await self._patch_status("Stack", indexed["namespace"], indexed["name"], status, at)
+            await self._patch_status("Stack", indexed, status, at)
             await report_failures(self.kube(), indexed["ref"], previous.get("agents"), status["agents"])
         await self._mirror_targets(self.targets_by_stack, (indexed["namespace"], indexed["name"]), at)
 
@@ -201,12 +217,11 @@ class Mirror:
         except KeyError:
             return
         for target in targets:
-            status = await agent_target_status_patch(self.store, target["body"], target["status"])
+            previous = self._previous(target)
+            status = await agent_target_status_patch(self.store, target["body"], previous)
             if status is not None:
-                meta = target["body"]["metadata"]
-                await self._patch_status("AgentTarget", meta["namespace"], meta["name"], status, at)
-                ref = {"apiVersion": API_VERSION, "kind": "AgentTarget", "metadata": meta}
-                await announce_stall(self.kube(), ref, target["status"], status, self.stalls)
+                await self._patch_status("AgentTarget", target, status, at)
+                await announce_stall(self.kube(), target["ref"], previous, status, self.stalls)
 
     async def _mirror_agent(self, agent_id: uuid.UUID, at: float) -> None:
         agent = await self.store.get_agent(agent_id)
@@ -214,9 +229,9 @@ class Mirror:
             return
         indexed = first(self.agents_by_uid, str(agent_id))
         if indexed is not None:
-            status = await agent_status_patch(self.store, agent_id, indexed["status"], self.config)
+            status = await agent_status_patch(self.store, agent_id, self._previous(indexed), self.config)
             if status is not None:
-                await self._patch_status("Agent", indexed["namespace"], indexed["name"], status, at)
+                await self._patch_status("Agent", indexed, status, at)
         await self._mirror_targets(self.targets_by_agent, (agent.name, agent.cluster_name), at)
 
 
@@ -228,41 +243,45 @@ async def report_failures(kube: Kube, ref: Mapping[str, Any], before: Any, after
                          f" sequence {entry.get('sequenceId')}: {entry['message']}")
 
 
+def index_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the mirror's Kopf indexes keep of an object: where it is, its status as last seen, its spec."""
+    meta = body["metadata"]
+    return {
+        "uid": meta["uid"],
+        "seen": time.monotonic(),  # when the watch delivered this state (see Mirror._previous)
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "status": dict(body.get("status") or {}),
+        "ref": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                "metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"]}},
+        "body": {"metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"],
+                              "generation": meta.get("generation"),
+                              "deletionTimestamp": meta.get("deletionTimestamp")},
+                 "spec": dict(body.get("spec") or {})},
+    }
+
+
 def register_indexes(registry: kopf.OperatorRegistry) -> None:
     """Kopf indexes the mirror uses to find resources by id (kept current by Kopf's watches)."""
 
-    def snapshot(body: kopf.Body) -> dict[str, Any]:
-        meta = body["metadata"]
-        return {
-            "namespace": meta["namespace"],
-            "name": meta["name"],
-            "status": dict(body.get("status") or {}),
-            "ref": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                    "metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"]}},
-            "body": {"metadata": {"uid": meta["uid"], "namespace": meta["namespace"], "name": meta["name"],
-                                  "generation": meta.get("generation"),
-                                  "deletionTimestamp": meta.get("deletionTimestamp")},
-                     "spec": dict(body.get("spec") or {})},
-        }
-
     @kopf.index(GROUP, VERSION, "stacks", id="stacks_by_uid", registry=registry)
     def stacks_by_uid(body: kopf.Body, uid: str, **_: Any) -> dict[str, Any]:
-        return {uid: snapshot(body)}
+        return {uid: index_entry(body)}
 
     @kopf.index(GROUP, VERSION, "agents", id="agents_by_uid", registry=registry)
     def agents_by_uid(body: kopf.Body, uid: str, **_: Any) -> dict[str, Any]:
-        return {uid: snapshot(body)}
+        return {uid: index_entry(body)}
 
     @kopf.index(GROUP, VERSION, "agenttargets", id="targets_by_stack", registry=registry)
     def targets_by_stack(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
         ref = (spec.get("stackRef") or {}).get("name")
-        return {(namespace, ref): snapshot(body)} if isinstance(ref, str) else {}
+        return {(namespace, ref): index_entry(body)} if isinstance(ref, str) else {}
 
     @kopf.index(GROUP, VERSION, "agenttargets", id="selector_targets", registry=registry)
     def selector_targets(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-        return {SELECTORS: snapshot(body)} if spec.get("agentSelector") is not None else {}
+        return {SELECTORS: index_entry(body)} if spec.get("agentSelector") is not None else {}
 
     @kopf.index(GROUP, VERSION, "agenttargets", id="targets_by_agent", registry=registry)
     def targets_by_agent(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
         agent, cluster = spec.get("agentName"), spec.get("clusterName")
-        return {(agent, cluster): snapshot(body)} if isinstance(agent, str) and isinstance(cluster, str) else {}
+        return {(agent, cluster): index_entry(body)} if isinstance(agent, str) and isinstance(cluster, str) else {}
