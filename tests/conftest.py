@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -119,11 +120,22 @@ def kube_server() -> Iterator["KubeServer"]:
 
 
 @pytest.fixture
-def operator(kube_server, db_url) -> Iterator["OperatorThread"]:
+def encryption_key_file(tmp_path: Path) -> str:
+    """A fresh key file (one AES-256 key), as `stackyard run` generates beside the embedded PostgreSQL."""
+    from stackyard.encryption import generate_key_file
+
+    path = tmp_path / "encryption.key"
+    generate_key_file(path)
+    return str(path)
+
+
+@pytest.fixture
+def operator(kube_server, db_url, encryption_key_file) -> Iterator["OperatorThread"]:
     """A real Kopf operator loop against the emulator and this test's database."""
     from .operator_harness import OperatorThread, operator_config
 
-    running = OperatorThread(kube_server, operator_config(db_url, kube_server)).start()
+    config = operator_config(db_url, kube_server, encryption_key_file=encryption_key_file)
+    running = OperatorThread(kube_server, config).start()
     try:
         yield running
     finally:
@@ -146,11 +158,11 @@ async def cluster(kube_server) -> AsyncIterator["Cluster"]:
 
 
 @pytest.fixture
-async def operator_api(db_url, operator) -> AsyncIterator["RunningApi"]:
+async def operator_api(db_url, operator, encryption_key_file) -> AsyncIterator["RunningApi"]:
     """The agent API over the test's database, with the operator running (the whole management side)."""
     from .api_harness import running_api
 
-    async with running_api(db_url) as running:
+    async with running_api(db_url, encryption_key_file=encryption_key_file) as running:
         yield running
 
 

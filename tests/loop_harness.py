@@ -114,10 +114,11 @@ async def wait_applied(cluster: Cluster, name: str, timeout: float = 15.0) -> di
     return await eventually(check, timeout)
 
 
-async def setup_loop(cluster: Cluster, stack_resources: list, tmp_path: Path) -> Path:
-    """An Agent, a Stack and an AgentTarget in the management cluster; returns the PAK file."""
+async def setup_loop(cluster: Cluster, stack_resources: list, tmp_path: Path, **stack_spec: Any) -> Path:
+    """An Agent, a Stack (its resources, and `stack_spec` besides) and an AgentTarget in the management cluster;
+    returns the PAK file."""
     await cluster.create(AGENTS, {"metadata": {"name": "edge"}, "spec": {"clusterName": "eu-1"}})
-    await cluster.create(STACKS, {"metadata": {"name": "web"}, "spec": {"resources": stack_resources}})
+    await cluster.create(STACKS, {"metadata": {"name": "web"}, "spec": {"resources": stack_resources, **stack_spec}})
     await cluster.create(AGENT_TARGETS, {"metadata": {"name": "web-edge"},
                                          "spec": {"stackRef": {"name": "web"}, "agentName": "edge", "clusterName": "eu-1"}})
     pak_file = tmp_path / "pak"

@@ -96,6 +96,17 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
     return None
 
 
+async def kube_events(cluster: "Cluster", namespace: str = "default") -> list[dict[str, Any]]:
+    """The Kubernetes Events of a namespace (`kubectl get events`)."""
+    listing = await cluster.client.get(f"/api/v1/namespaces/{namespace}/events")
+    return listing.get("items", [])
+
+
+def about(events: list[dict[str, Any]], name: str, reason: str | None = None) -> list[dict[str, Any]]:
+    """The events about object `name` (with `reason`)."""
+    return [e for e in events if e["involvedObject"]["name"] == name and reason in (None, e.get("reason"))]
+
+
 class Cluster:
     """The test's view of the management cluster: a kubectl-like client in the test's loop."""
 

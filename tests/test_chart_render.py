@@ -84,7 +84,8 @@ def test_helm_lint_passes():
      "examples/tls-install"),
     (("mode=agent", "agent.brokerUrl=https://stackyard.example.com", "agent.caBundle.configMap=stackyard-ca"),
      "examples/agent-private-ca"),
-], ids=["operator", "agent", "operator-tls", "agent-private-ca"])
+    (("encryption.existingSecret=stackyard-encryption",), "examples/encrypted-install"),
+], ids=["operator", "agent", "operator-tls", "agent-private-ca", "operator-encryption"])
 def test_chart_and_kustomize_render_the_same_objects(values, manifests):
     chart = by_kind_and_name(helm_template(*values))
     kust = by_kind_and_name(kustomize(ROOT / manifests))

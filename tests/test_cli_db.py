@@ -11,13 +11,7 @@ import psycopg
 from stackyard.store.embedded import EmbeddedPostgres
 from stackyard.store.migrate import VERSION_TABLE, available_migrations
 
-
-def stackyard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STACKYARD_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "stackyard", *args], capture_output=True, text=True, timeout=120, env=full_env
-    )
+from .processes import stackyard
 
 
 def test_db_migrate_against_a_given_url(empty_db_url):

@@ -20,8 +20,17 @@ from stackyard.store import EventIn
 
 from .builders import configmap, stack, target
 from .kubectl import SECRETS, KubeError
-from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, OperatorThread, condition, eventually, operator_config
-from .test_status_freshness import _about, _events
+from .operator_harness import (
+    AGENT_TARGETS,
+    AGENTS,
+    STACKS,
+    OperatorThread,
+    about,
+    condition,
+    eventually,
+    kube_events,
+    operator_config,
+)
 
 PROMPT = 3.0
 
@@ -55,7 +64,7 @@ async def test_deep_input_stalls_and_no_failure_posts_a_traceback(operator, clus
     assert "nested 401 levels deep" in condition(stalled, "Ready")["message"]
 
     # an internal error (here injected: rendering raises something unexpected, naming a server path)
-    def broken(spec):
+    def broken(spec, extra=None):
         raise ValueError("cannot read /var/lib/stackyard/secret-path")
 
     monkeypatch.setattr(stacks, "render_stack", broken)
@@ -64,8 +73,8 @@ async def test_deep_input_stalls_and_no_failure_posts_a_traceback(operator, clus
     failing = await cluster.wait_condition(STACKS, "defect", "Ready", "False", reason="InternalError")
     assert no_server_internals(condition(failing, "Ready")["message"]) and "ValueError" in condition(failing, "Ready")[
         "message"]
-    events = await _events(cluster)
-    assert all(no_server_internals(e["message"]) for e in _about(events, "defect") + _about(events, "deep")), events
+    events = await kube_events(cluster)
+    assert all(no_server_internals(e["message"]) for e in about(events, "defect") + about(events, "deep")), events
     tracebacks = [r for r in caplog.records if r.exc_info and "defect" in r.getMessage()]
     assert len(tracebacks) == 1, "the traceback goes to the operator's log, once per object and kind of error"
 
@@ -198,12 +207,12 @@ async def test_tenancy_reveals_nothing_and_a_stall_is_announced_once(operator, c
     assert status.get("targetId") is None and status.get("deployment") is None and status.get("health") is None
 
     async def one_warning():
-        found = [e for e in _about(await _events(cluster, "ten-b"), "t") if e["reason"] == "AgentNotPermitted"]
+        found = [e for e in about(await kube_events(cluster, "ten-b"), "t") if e["reason"] == "AgentNotPermitted"]
         return found if len(found) == 1 and found[0]["type"] == "Warning" else None
 
     await eventually(one_warning, timeout=PROMPT)
-    events = await _events(cluster, "ten-c")
-    assert [e["reason"] for e in _about(events, "t")] == ["AgentNotPermitted"], "no Logging or Error event besides"
+    events = await kube_events(cluster, "ten-c")
+    assert [e["reason"] for e in about(events, "t")] == ["AgentNotPermitted"], "no Logging or Error event besides"
 
 
 async def test_an_agent_that_failed_to_apply_makes_its_stack_degraded(operator, cluster, store):

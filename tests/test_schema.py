@@ -38,6 +38,7 @@ EXPECTED = {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "sequence_id": ("bigint", None),
         "stack_id": UUID, "yaml_content": TEXT, "yaml_checksum": TEXT, "submitted_at": TS,
         "is_deletion_marker": ("boolean", None),
+        "key_id": TEXT,  # beyond the data design: the key that sealed its Secret values (README, "Secrets")
     },
     "agent_events": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "agent_id": UUID,

@@ -13,7 +13,17 @@ from collections.abc import Iterator
 import pytest
 
 from .builders import configmap, stack, target
-from .operator_harness import AGENT_TARGETS, AGENTS, STACKS, OperatorThread, condition, eventually, operator_config
+from .operator_harness import (
+    AGENT_TARGETS,
+    AGENTS,
+    STACKS,
+    OperatorThread,
+    about,
+    condition,
+    eventually,
+    kube_events,
+    operator_config,
+)
 
 PROMPT = 5.0  # seconds; the resync interval is 300
 
@@ -25,15 +35,6 @@ def operator(kube_server, db_url) -> Iterator[OperatorThread]:
         yield running
     finally:
         running.stop()
-
-
-async def _events(cluster, namespace: str = "default") -> list[dict]:
-    listing = await cluster.client.get(f"/api/v1/namespaces/{namespace}/events")
-    return listing.get("items", [])
-
-
-def _about(events: list[dict], name: str, reason: str | None = None) -> list[dict]:
-    return [e for e in events if e["involvedObject"]["name"] == name and reason in (None, e.get("reason"))]
 
 
 async def test_a_new_agent_target_is_counted_by_its_stack_at_once(operator, cluster):
@@ -91,7 +92,7 @@ async def test_events_for_problems_and_milestones_never_for_heartbeats(operator,
     await cluster.wait_condition(STACKS, "dupes", "Stalled", "True")
 
     async def stalled_event():
-        return [e for e in _about(await _events(cluster), "dupes") if e["type"] == "Warning"]
+        return [e for e in about(await kube_events(cluster), "dupes") if e["type"] == "Warning"]
 
     warning = (await eventually(stalled_event))[0]
     assert warning["reason"] == "DuplicateResource" and "both ConfigMap a" in warning["message"]
@@ -108,7 +109,7 @@ async def test_events_for_problems_and_milestones_never_for_heartbeats(operator,
     assert rotated[0]["type"] == "Normal"
 
     # heartbeats change the Agent's phase once (Pending -> Active) and post no Event at all
-    before = len(await _events(cluster))
+    before = len(await kube_events(cluster))
     agent_id = uuid.UUID(ready["status"]["agentId"])
     for _ in range(20):
         await store.heartbeat(agent_id)
@@ -117,9 +118,9 @@ async def test_events_for_problems_and_milestones_never_for_heartbeats(operator,
         return (await cluster.get(AGENTS, "edge"))["status"].get("phase") == "Active"
 
     await eventually(active, timeout=PROMPT)
-    assert len(await _events(cluster)) == before
+    assert len(await kube_events(cluster)) == before
     assert condition(await cluster.get(AGENTS, "edge"), "Ready")["status"] == "True"
 
 
 async def _found(cluster, name: str, reason: str) -> list[dict]:
-    return _about(await _events(cluster), name, reason)
+    return about(await kube_events(cluster), name, reason)

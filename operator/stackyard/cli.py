@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -83,6 +84,50 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
         return 0
 
 
+def add_encryption(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--encryption-key-file",
+               "keys that seal Secret data in PostgreSQL, one base64 AES-256 key per line, the first encrypting;"
+               " unset with the embedded PostgreSQL: a key generated in the data dir", None)
+
+
+def encryption_key_file(args: argparse.Namespace) -> str | None:
+    """The key file to use, checked: `--encryption-key-file`, else (embedded PostgreSQL only) `<data-dir>/encryption.key`,
+    generated on first start. None with an external database and no key: Stacks with Secret data stall."""
+    from .encryption import Keyring, generate_key_file
+
+    path = args.encryption_key_file
+    if not path and not args.database_url:
+        path = os.path.join(args.data_dir, "encryption.key")
+        if not os.path.exists(path):
+            generate_key_file(Path(path))
+            log.info("generated an encryption key for Secret data in %s: back it up with the data dir", path)
+    if not path:
+        log.warning("no --encryption-key-file: Stacks that ship Secret data stall until the operator has a key")
+        return None
+    Keyring.from_file(path)  # a bad file stops the start, naming the line
+    return str(path)
+
+
+def cmd_db_rotate_key(args: argparse.Namespace) -> int:
+    from .controller.secrets import rotate_keys
+    from .encryption import Keyring
+    from .store import Store
+
+    new = Keyring.from_file(args.new_key_file)
+    old = Keyring.from_file(args.encryption_key_file) if args.encryption_key_file else None
+
+    async def rotate(url: str) -> int:
+        store = await Store.open(url, max_size=2, deadline=60.0)
+        try:
+            remaining = await rotate_keys(store, new, old, batch=args.batch_size)
+        finally:
+            await store.close()
+        return 1 if remaining else 0
+
+    with migrated_database(args) as url:
+        return asyncio.run(rotate(url))
+
+
 def cmd_db_url(args: argparse.Namespace) -> int:
     from .store.location import running_embedded_url
 
@@ -106,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .durations import duration_seconds, parse_duration
     from .serve import RunAddresses, run_all
     namespaces = [ns for value in args.namespace or [] for ns in value.split(",") if ns]
+    key_file = encryption_key_file(args)
     with migrated_database(args) as url:
         config = OperatorConfig(
             database_url=url,
@@ -117,21 +163,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             retention_interval=duration_seconds(args.retention_interval),
             event_retention_age=parse_duration(args.event_retention_age),
             agent_deletion_timeout=duration_seconds(args.agent_deletion_timeout),
+            encryption_key_file=key_file,
             leader_election_namespace=args.leader_election_namespace or None,
             identity=os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}",
         )
         scope = "all namespaces" if config.all_namespaces else ", ".join(namespaces)
         log.info("starting the operator for %s", scope)
         addresses = RunAddresses(metrics=args.metrics_address, health=args.health_address, api=args.api_address)
-        asyncio.run(run_all(config, addresses, api_settings(args)))
+        asyncio.run(run_all(config, addresses, api_settings(args, key_file)))
     return 0
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     from .serve import run_api
 
+    key_file = encryption_key_file(args)
     with migrated_database(args) as url:
-        asyncio.run(run_api(url, args.api_address, args.metrics_address, int(args.pool_size), api_settings(args)))
+        asyncio.run(run_api(url, args.api_address, args.metrics_address, int(args.pool_size),
+                            api_settings(args, key_file)))
     return 0
 
 
@@ -168,7 +217,7 @@ def add_tls(parser: argparse.ArgumentParser) -> None:
                "require agents to present a client certificate signed by this CA (besides their key)", None)
 
 
-def api_settings(args: argparse.Namespace):  # -> ApiSettings (imported lazily: the CLI starts fast)
+def api_settings(args: argparse.Namespace, key_file: str | None):  # -> ApiSettings (imported lazily)
     from .api import ApiSettings
     from .api.limits import LimitSettings
     from .durations import duration_seconds
@@ -186,7 +235,7 @@ def api_settings(args: argparse.Namespace):  # -> ApiSettings (imported lazily: 
     if args.tls_client_ca_file and not args.tls_cert_file:
         raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file: client certificates need TLS")
     return ApiSettings(tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
-                       tls_client_ca_file=args.tls_client_ca_file,
+                       tls_client_ca_file=args.tls_client_ca_file, encryption_key_file=key_file,
                        body_timeout=duration_seconds(args.api_body_timeout),
                        idle_timeout=duration_seconds(args.api_idle_timeout),
                        database_timeout=duration_seconds(args.api_database_timeout),
@@ -204,6 +253,7 @@ def add_api(commands: argparse._SubParsersAction) -> None:
     add_option(api, "--pool-size", "maximum PostgreSQL connections", "10")
     add_api_limits(api)
     add_tls(api)
+    add_encryption(api)
     api.set_defaults(handler=cmd_api)
 
 
@@ -239,6 +289,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
                "namespace of the Lease for leader election (replicas stand by); unset runs without election", None)
     add_api_limits(run)
     add_tls(run)
+    add_encryption(run)
     run.set_defaults(handler=cmd_run)
 
 
@@ -339,6 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_common(sub)
         add_database(sub)
         sub.set_defaults(handler=handler)
+    rotate_parser = db_commands.add_parser(
+        "rotate-key", help="re-seal every stored Secret value under the first key of --new-key-file (while running)")
+    add_common(rotate_parser)
+    add_database(rotate_parser)
+    add_encryption(rotate_parser)
+    rotate_parser.add_argument("--new-key-file", required=True,
+                               help="key file whose first key seals from now on (its other keys, and those of"
+                                    " --encryption-key-file, open what is stored)")
+    add_option(rotate_parser, "--batch-size", "deployment objects re-sealed per transaction", "100", type=positive_int)
+    rotate_parser.set_defaults(handler=cmd_db_rotate_key)
     add_run(commands)
     add_api(commands)
     add_agent(commands)

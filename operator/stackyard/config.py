@@ -35,6 +35,8 @@ class OperatorConfig:
     database_deadline: float = 15.0
     # A deleted Agent's agent gets this long to remove what it holds before its key is revoked regardless.
     agent_deletion_timeout: float = 300.0
+    # The keys that seal Secret data at rest (README, "Secrets"); None: Stacks with Secret data stall.
+    encryption_key_file: str | None = None
     # Lease-based leader election: the namespace of the Lease (None: no election, run at once).
     leader_election_namespace: str | None = None
     identity: str = ""

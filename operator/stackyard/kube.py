@@ -314,8 +314,11 @@ _CR = ("stacks", "agenttargets", "agents")
 KUBE_CALLS: tuple[tuple[str, str, str, str], ...] = (
     *((("operator", verb, "stackyard.dev", plural) for plural in _CR for verb in ("get", "list", "watch", "patch"))),
     *((("operator", "patch", "stackyard.dev", f"{plural}/status") for plural in _CR)),
-    ("operator", "create", "", "secrets"),
+    ("operator", "create", "", "secrets"),  # agents' key Secrets
     ("operator", "patch", "", "secrets"),
+    ("operator", "get", "", "secrets"),  # Secrets that Stacks ship by reference (spec.secretRefs) ...
+    ("operator", "list", "", "secrets"),  # ... and their changes (Kopf's watch of labelled Secrets)
+    ("operator", "watch", "", "secrets"),
     ("operator", "create", "", "events"),
     ("operator", "get", "coordination.k8s.io", "leases"),
     ("operator", "create", "coordination.k8s.io", "leases"),

@@ -193,10 +193,14 @@ async def run_all(config: OperatorConfig, addresses: RunAddresses, api_settings:
         await maintenance.close()
 
 
-def watched_scopes(config: OperatorConfig) -> list[tuple[str | None, str]]:
-    """(namespace or None for all, kind) of every watch the operator runs."""
+WATCHED = ((f"{GROUP}/{VERSION}", "Stack"), (f"{GROUP}/{VERSION}", "AgentTarget"), (f"{GROUP}/{VERSION}", "Agent"),
+           ("v1", "Secret"))  # Secrets: the labelled ones Stacks reference
+
+
+def watched_scopes(config: OperatorConfig) -> list[tuple[str | None, str, str]]:
+    """(namespace or None for all, apiVersion, kind) of every watch the operator runs."""
     scopes = [None] if config.all_namespaces else config.namespaces
-    return [(ns, kind) for ns in scopes for kind in ("Stack", "AgentTarget", "Agent")]
+    return [(ns, api_version, kind) for ns in scopes for api_version, kind in WATCHED]
 
 
 async def become_ready(config: OperatorConfig, started: asyncio.Event, readiness: Readiness,
@@ -208,9 +212,9 @@ async def become_ready(config: OperatorConfig, started: asyncio.Event, readiness
         reported = ""
         while True:
             refused = []
-            for namespace, kind in watched_scopes(config):
+            for namespace, api_version, kind in watched_scopes(config):
                 try:
-                    await kube.list(f"{GROUP}/{VERSION}", kind, namespace, limit=1)
+                    await kube.list(api_version, kind, namespace, limit=1)
                 except CALL_ERRORS as exc:
                     refused.append(f"{kind} in {namespace or 'all namespaces'}: {describe(exc)}")
             if not refused:

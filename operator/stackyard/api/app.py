@@ -24,6 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .. import __version__, pak
+from ..encryption import EncryptionError, Keyring, is_sealed, open_content
 from ..logs import Episodes
 from ..metrics import Metrics
 from ..protocol import (
@@ -55,6 +56,16 @@ CLIENT_CLOSED = 499
 UNWOKEN_RECHECK = 5.0  # seconds between reads of a long-poll's state while no notification can wake it
 
 
+@dataclass
+class KeyringHolder:
+    """The API's keyring (an app value must be one object for the app's life)."""
+
+    current: Keyring | None
+
+
+KEYRING_KEY = web.AppKey("keyring", KeyringHolder)
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     """Limits of the agent API (README, "Agent API")."""
@@ -81,6 +92,8 @@ class ApiSettings:
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
     tls_reload_interval: float = 5.0
+    # The keys that open sealed Secret data (README, "Secrets"); None: such content answers 503.
+    encryption_key_file: str | None = None
 
 
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)
@@ -224,12 +237,32 @@ def identity(agent: Agent, labels: list[str], annotations: dict[str, str]) -> di
                     agent.last_heartbeat.isoformat() if agent.last_heartbeat else None, labels, annotations).to_json()
 
 
-def state_document(agent: Agent, stacks: list[DesiredStack]) -> dict[str, Any]:
+def state_document(request: web.Request, agent: Agent, stacks: list[DesiredStack]) -> dict[str, Any]:
+    """The agent's target state, Secret data opened: the only place it leaves the store in clear, and only to
+    the agent the stacks are targeted to."""
     return target_state_document(str(agent.id), [
         WireStack(str(s.stack_id), s.stack_name, s.stack_deleted, str(s.deployment_object_id), s.sequence_id,
-                  s.yaml_checksum, s.is_deletion_marker, s.yaml_content)
+                  s.yaml_checksum, s.is_deletion_marker, opened(request, s.yaml_content))
         for s in stacks
     ])
+
+
+def opened(request: web.Request, content: str) -> str:
+    """Content with its sealed Secret values opened, or a 503 naming the key this process does not hold (the
+    values themselves are never part of a message)."""
+    if not is_sealed(content):
+        return content
+    keyring = request.app[KEYRING_KEY].current
+    if keyring is None:
+        raise ApiError(503, "missing_key", "this stack holds encrypted Secret data and the API has no encryption key"
+                                           " (--encryption-key-file)", {"Retry-After": "30"})
+    try:
+        keyring.refresh()
+        return open_content(keyring, content)
+    except EncryptionError as exc:
+        if request.app[EPISODES_KEY].starts(f"key:{exc}"):
+            log.error("cannot serve encrypted Secret data: %s", exc)
+        raise ApiError(503, "missing_key", str(exc), {"Retry-After": "30"}) from None
 
 
 def state_etag(versions: list[tuple[uuid.UUID, uuid.UUID]]) -> str:
@@ -345,14 +378,14 @@ async def target_state(request: web.Request) -> web.Response:
     async with waiters.database_turn():
         stacks = await store.desired_state(agent.name, agent.cluster_name)
     etag = state_etag(_versions(stacks))
-    return web.json_response(state_document(agent, stacks), headers={"ETag": etag, "Cache-Control": "no-cache"})
+    return web.json_response(state_document(request, agent, stacks), headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
 async def other_target_state(request: web.Request) -> web.Response:
     agent = await authenticate(request)
     own_agent_id(request, agent)
     stacks = await request.app[STORE_KEY].desired_state(agent.name, agent.cluster_name)
-    return web.json_response(state_document(agent, stacks), headers={"ETag": state_etag(_versions(stacks))})
+    return web.json_response(state_document(request, agent, stacks), headers={"ETag": state_etag(_versions(stacks))})
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -405,6 +438,8 @@ def create_app(
     app[SETTINGS_KEY] = settings
     app[LIMITER_KEY] = Limiter(settings.limits)
     app[EPISODES_KEY] = Episodes()
+    app[KEYRING_KEY] = KeyringHolder(Keyring.from_file(settings.encryption_key_file)
+                                     if settings.encryption_key_file else None)
 
     async def answer_long_polls(_: web.Application) -> None:
         waiters.close()  # SIGTERM: sites have stopped accepting; waiting long-polls answer now

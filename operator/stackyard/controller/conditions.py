@@ -107,10 +107,12 @@ def becomes_stalled(previous: Mapping[str, Any], generation: int | None, reason:
 
 @dataclass(frozen=True)
 class Milestone:
-    """A Normal Kubernetes Event worth posting: something a person would want in `kubectl describe`."""
+    """A Kubernetes Event worth posting (Normal, or a Warning the outcome explains): something a person would want
+    in `kubectl describe`."""
 
     reason: str
     message: str
+    type: str = "Normal"
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 
 from ..config import FINALIZER, GROUP, VERSION, OperatorConfig
-from ..kube import Kube, kube_configuration
+from ..kube import Kube, Ref, kube_configuration
 from ..store import Store
 from .conditions import Result, now_rfc3339, stalled_outcome, with_outcome
 from .events import announce_stall, post_event
@@ -25,6 +26,7 @@ from .agents import agent_status_patch, delete_agent, reconcile_agent, wait_for_
 from .stacks import STACK_STATUS_KEYS, delete_stack, observe_stack, reconcile_stack
 from .targets import agent_target_status_patch, delete_agent_target, reconcile_agent_target
 from .render import InvalidSpec
+from .secrets import SECRET_LABEL
 from .running import (
     Context,
     object_name,
@@ -128,7 +130,8 @@ async def stack_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, log
     ctx: Context = memo.ctx
 
     async def work() -> Result:
-        result, created = await reconcile_stack(ctx.require_store(), body, now_rfc3339())
+        result, created = await reconcile_stack(ctx.require_store(), body, now_rfc3339(), ctx.read_secret,
+                                                ctx.refreshed_keyring())
         if created:
             ctx.metrics.deployment_objects_emitted_total.inc()
         ctx.metrics.observe_stack(body["metadata"]["uid"], result.status)
@@ -163,7 +166,8 @@ async def stack_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
         await stack_changed(body=body, patch=patch, memo=memo, logger=logger, retry=0)
         return
     try:
-        result = await observe_stack(ctx.require_store(), body, now_rfc3339())
+        result = await observe_stack(ctx.require_store(), body, now_rfc3339(), ctx.read_secret,
+                                     ctx.refreshed_keyring())
     except InvalidSpec as exc:
         result = Result(stalled_outcome(exc.reason, exc.message), exc.status)
     if result.needs_write:
@@ -272,6 +276,37 @@ async def agent_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
         await agent_changed(body=body, patch=patch, memo=memo, logger=logger, retry=0)
 
 
+# Secrets ---------------------------------------------------------------------------------------------
+
+
+async def secret_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A labelled Secret changed (or came, or went): every Stack of its namespace that references it reconciles
+    now, so a new version carries the new data within seconds (or the Stack says the Secret is missing)."""
+    ctx: Context = memo.ctx
+    meta = body["metadata"]
+    try:
+        entries = list(kwargs["stacks_by_secret"][(meta["namespace"], meta["name"])])
+    except KeyError:
+        return
+    for entry in entries:
+        await reconcile_stack_now(ctx, memo, entry, logger)
+
+
+async def reconcile_stack_now(ctx: Context, memo: kopf.Memo, entry: Mapping[str, Any], logger: kopf.Logger) -> None:
+    """Run the Stack handler for an indexed Stack outside its own events, and write what it concluded."""
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Stack", "metadata": entry["body"]["metadata"],
+            "spec": entry["body"]["spec"], "status": entry["status"]}
+    patch = kopf.Patch()
+    try:
+        await stack_changed(body=kopf.Body(cast(kopf.RawBody, body)), patch=patch, memo=memo, logger=logger, retry=0)
+    except kopf.TemporaryError as exc:
+        log.warning("Stack %s: a referenced Secret changed and the reconcile failed (%s); the resync retries",
+                    object_name(body), exc)
+    if patch.status:
+        await ctx.require_kube().merge_patch(Ref(f"{GROUP}/{VERSION}", "Stack", entry["name"], entry["namespace"]),
+                                             {"status": dict(patch.status)}, "status")
+
+
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A fresh Kopf registry with the handlers above (timers at the configured intervals).
 
@@ -295,4 +330,5 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             kopf.timer(GROUP, VERSION, plural, interval=config.resync_interval, idle=config.resync_interval,
                        registry=registry)(timer)
     kopf.timer(GROUP, VERSION, "agents", interval=config.heartbeat_interval, registry=registry)(agent_phase_timer)
+    kopf.on.event("v1", "secrets", labels={SECRET_LABEL: "true"}, registry=registry)(secret_changed)
     return registry

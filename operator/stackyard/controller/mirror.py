@@ -268,6 +268,12 @@ def register_indexes(registry: kopf.OperatorRegistry) -> None:
     def stacks_by_uid(body: kopf.Body, uid: str, **_: Any) -> dict[str, Any]:
         return {uid: index_entry(body)}
 
+    @kopf.index(GROUP, VERSION, "stacks", id="stacks_by_secret", registry=registry)
+    def stacks_by_secret(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+        refs = spec.get("secretRefs") or []
+        names = {ref.get("name") for ref in refs if isinstance(ref, Mapping)} if isinstance(refs, list) else set()
+        return {(namespace, name): index_entry(body) for name in names if isinstance(name, str)}
+
     @kopf.index(GROUP, VERSION, "agents", id="agents_by_uid", registry=registry)
     def agents_by_uid(body: kopf.Body, uid: str, **_: Any) -> dict[str, Any]:
         return {uid: index_entry(body)}

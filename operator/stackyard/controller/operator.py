@@ -7,6 +7,7 @@ from typing import Any
 import kopf
 
 from ..config import OperatorConfig
+from ..encryption import Keyring
 from ..metrics import Metrics
 from .handlers import Context, build_registry
 
@@ -28,5 +29,6 @@ async def run_operator(
         liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
-        memo=kopf.Memo(ctx=Context(config=config, metrics=metrics)),
+        memo=kopf.Memo(ctx=Context(config=config, metrics=metrics, keyring=Keyring.from_file(
+            config.encryption_key_file) if config.encryption_key_file else None)),
     )

@@ -103,9 +103,13 @@ def canonical_yaml(resources: list[Mapping[str, Any]]) -> str:
                          allow_unicode=True)
 
 
-def render_stack(spec: Mapping[str, Any]) -> tuple[str, int]:
-    """(canonical YAML, number of resources) for a Stack spec; the store computes the checksum."""
-    resources = validate_resources(spec.get("resources"))
+def render_stack(spec: Mapping[str, Any], extra: list[dict[str, Any]] | None = None) -> tuple[str, int]:
+    """(canonical YAML, number of resources) for a Stack spec and the objects it ships besides its resources
+    (the Secrets of `spec.secretRefs`, checked for duplicates with the rest)."""
+    resources = spec.get("resources")
+    if extra:
+        resources = validate_resources(resources) + extra
+    resources = validate_resources(resources)
     content = canonical_yaml(resources)
     return content, len(resources)
 

@@ -19,7 +19,8 @@ import psycopg
 import psycopg_pool
 
 from ..config import OperatorConfig
-from ..kube import CALL_ERRORS, DynamicApiError, Kube, describe
+from ..encryption import Keyring
+from ..kube import CALL_ERRORS, DynamicApiError, Kube, Ref, describe
 from ..logs import Episodes
 from ..metrics import Metrics
 from ..store import Store
@@ -40,6 +41,7 @@ class Context:
     config: OperatorConfig
     metrics: Metrics
     defects: Episodes = field(default_factory=lambda: Episodes(quiet=3600.0))  # internal errors, logged once
+    keyring: Keyring | None = None  # seals the Secret data of deployment objects (None: no key given)
     stalls: Stalls = field(default_factory=Stalls)  # Stalled verdicts announced (one Event each)
     store: Store | None = None
     kube: Kube | None = None
@@ -55,6 +57,16 @@ class Context:
         if self.kube is None:
             raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=1)
         return self.kube
+
+    def refreshed_keyring(self) -> Keyring | None:
+        """The keyring, re-read when its file changed (a rotation adds or drops a key)."""
+        if self.keyring is not None:
+            self.keyring.refresh()
+        return self.keyring
+
+    async def read_secret(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """A Secret a Stack references (spec.secretRefs), or None."""
+        return await self.require_kube().get(Ref("v1", "Secret", name, namespace))
 
 
 def as_invalid_spec(exc: Exception) -> InvalidSpec | None:
@@ -83,7 +95,7 @@ def write_outcome(patch: kopf.Patch, body: Mapping[str, Any], outcome: Outcome, 
 
 def post_milestones(body: kopf.Body, result: Result) -> None:
     for milestone in result.milestones:
-        kopf.event(body, type="Normal", reason=milestone.reason, message=milestone.message)
+        kopf.event(body, type=milestone.type, reason=milestone.reason, message=milestone.message)
 
 
 async def run_reconcile(

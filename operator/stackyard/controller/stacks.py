@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from ..store import Conflict, Store, sha256_hex
-from .conditions import Milestone, Result, ready_outcome, retrying_outcome, set_condition, spec_of, uid_of
-from .render import InvalidSpec, render_stack, validate_annotations, validate_labels
+from ..encryption import Keyring
+from ..store import Conflict, Content, DeploymentObject, Store
+from .conditions import Milestone, Outcome, Result, ready_outcome, retrying_outcome, set_condition, spec_of, uid_of
+from .render import InvalidSpec, render_stack, validate_annotations, validate_labels, validate_resources
+from .secrets import SecretReader, inline_secrets, secret_refs, sealed, shipped_secrets
 from .rollout import RolloutView, advance, parse_rollout
 from .rollout import view as rollout_view
 from .rollout import unhealthy_message
 from .status import agents_status, deployment_object_status, healthy_condition, visible
 from .conditions import now_rfc3339
+
+INLINE_SECRETS = "InlineSecretData"  # Ready's reason when Secret data is written into spec.resources
 
 STACK_KEYS = ("targets", "agents", "rollout", "conditions")
 
@@ -34,61 +39,97 @@ def stack_row_name(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def _stack_spec(body: Mapping[str, Any]) -> tuple[str | None, list[str], dict[str, str], str, int,
-                                                 Mapping[str, Any] | None]:
-    """(description, labels, annotations, canonical YAML, resource count, rollout policy) of a Stack's spec, or
-    InvalidSpec naming what is wrong."""
+@dataclass(frozen=True)
+class StackContent:
+    """What a Stack's spec stands for: the stack row's fields, what the deployment object stores, the policy."""
+
+    description: str | None
+    labels: list[str]
+    annotations: dict[str, str]
+    content: Content
+    count: int
+    rollout: Mapping[str, Any] | None
+    inline_secrets: list[str]
+
+
+async def stack_content(body: Mapping[str, Any], read: SecretReader, keyring: Keyring | None,
+                        latest: DeploymentObject | None) -> StackContent:
+    """The Stack's spec rendered (with the Secrets it references) and sealed, or InvalidSpec naming what is wrong."""
     spec = spec_of(body)
     description = spec.get("description")
     if description is not None and not isinstance(description, str):
         raise InvalidSpec("InvalidSpec", "spec.description must be a string")
     labels = validate_labels(spec.get("labels"), "spec.labels")
     annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
-    content, count = render_stack(spec)
-    return description, labels, annotations, content, count, parse_rollout(spec)
+    refs = secret_refs(spec)
+    rollout = parse_rollout(spec)
+    validate_resources(spec.get("resources"))  # the spec's own faults first, before any Secret is read
+    shipped = await shipped_secrets(read, body["metadata"]["namespace"], refs) if refs else []
+    content, count = render_stack(spec, shipped)
+    return StackContent(description, labels, annotations, sealed(keyring, content, latest), count, rollout,
+                        inline_secrets(spec.get("resources")))
 
 
-async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str) -> tuple[Result, bool]:
+def ready(latest: DeploymentObject, found: StackContent) -> Outcome:
+    """Ready: the version is stored. With Secret data written into spec.resources, the reason says so."""
+    stored = f"sequence {latest.sequence_id} stored ({found.count} resources)"
+    if found.inline_secrets:
+        return ready_outcome(f"{stored}; Secret data written inline ({', '.join(found.inline_secrets[:5])}) is"
+                             " readable by anyone who may get this Stack: move it to a Secret of this namespace and"
+                             " list it in spec.secretRefs", reason=INLINE_SECRETS)
+    return ready_outcome(stored)
+
+
+async def reconcile_stack(store: Store, body: Mapping[str, Any], now: str, read: SecretReader,
+                          keyring: Keyring | None = None) -> tuple[Result, bool]:
     """Upsert the stack and emit a deployment object when its content changed; returns (result, emitted)."""
     meta = body["metadata"]
-    description, labels, annotations, content, count, rollout = _stack_spec(body)
     stack_id = uid_of(body)
+    found = await stack_content(body, read, keyring, await store.latest_deployment_object(stack_id))
     try:
         emitted = await store.save_stack(
-            stack_id, stack_row_name(meta["namespace"], meta["name"]), description, labels, annotations, content,
-            rollout,
+            stack_id, stack_row_name(meta["namespace"], meta["name"]), found.description, found.labels,
+            found.annotations, found.content, found.rollout,
         )
     except Conflict as exc:
         raise InvalidSpec("StackDeleted", str(exc)) from exc
-    if rollout is not None:
+    if found.rollout is not None:
         await advance(store, stack_id)
     do = emitted.deployment_object
-    status = await stack_target_status(store, stack_id, do, body.get("status") or {}, now, rollout)
+    status = await stack_target_status(store, stack_id, do, body.get("status") or {}, now, found.rollout)
     status["stackId"] = str(stack_id)
-    status["deploymentObject"] = deployment_object_status(do, count)
-    outcome = ready_outcome(f"sequence {do.sequence_id} stored ({count} resources)")
-    milestones = (Milestone("Emitted", f"deployment object sequence {do.sequence_id} emitted ({count} resources)"),)
-    return Result(outcome, status, milestones if emitted.created else ()), emitted.created
+    status["deploymentObject"] = deployment_object_status(do, found.count)
+    outcome = ready(do, found)
+    milestones: tuple[Milestone, ...] = ()
+    if emitted.created:
+        milestones = (Milestone("Emitted", f"deployment object sequence {do.sequence_id} emitted ({found.count}"
+                                           " resources)"),)
+    previous_reason = next((c.get("reason") for c in (body.get("status") or {}).get("conditions") or ()
+                            if c.get("type") == "Ready"), None)
+    if outcome.reason == INLINE_SECRETS and previous_reason != INLINE_SECRETS:
+        milestones += (Milestone(INLINE_SECRETS, outcome.message, "Warning"),)
+    return Result(outcome, status, milestones), emitted.created
 
 
-async def observe_stack(store: Store, body: Mapping[str, Any], now: str) -> Result:
+async def observe_stack(store: Store, body: Mapping[str, Any], now: str, read: SecretReader,
+                        keyring: Keyring | None = None) -> Result:
     """The outcome and status a Stack should show now, reading only; `needs_write` when the store does not hold
     what its spec renders to (a change no handler has stored yet).
 
     Everything comes from the spec and the store, keyed by the object's uid: nothing is read back from the
     status, which anyone allowed to write `stacks/status` could have forged.
     """
-    _description, _labels, _annotations, content, count, rollout = _stack_spec(body)
     stack_id = uid_of(body)
     latest = await store.latest_deployment_object(stack_id)
+    found = await stack_content(body, read, keyring, latest)
     stored_policy = await store.stack_rollout(stack_id)
-    if latest is None or latest.is_deletion_marker or latest.yaml_checksum != sha256_hex(content) or (
-            stored_policy != rollout):
+    if latest is None or latest.is_deletion_marker or latest.yaml_checksum != found.content.checksum or (
+            stored_policy != found.rollout):
         return Result(retrying_outcome("Reconciling", "the spec is not stored yet"), {}, needs_write=True)
-    status = await stack_target_status(store, stack_id, latest, body.get("status") or {}, now, rollout)
+    status = await stack_target_status(store, stack_id, latest, body.get("status") or {}, now, found.rollout)
     status["stackId"] = str(stack_id)
-    status["deploymentObject"] = deployment_object_status(latest, count)
-    return Result(ready_outcome(f"sequence {latest.sequence_id} stored ({count} resources)"), status)
+    status["deploymentObject"] = deployment_object_status(latest, found.count)
+    return Result(ready(latest, found), status)
 
 
 async def stack_target_status(

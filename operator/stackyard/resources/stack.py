@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .schema import (
+    DNS_LABEL,
     age_column,
     agent_entry,
     any_value,
@@ -13,6 +14,7 @@ from .schema import (
     crd,
     integer,
     kopf_state,
+    name,
     obj,
     observed_generation,
     ready_column,
@@ -33,6 +35,18 @@ SPEC = obj("Desired state: the objects to ship and what to record with them.", {
                            validations=[rule("has(self.metadata.name)", "every resource needs metadata.name",
                                              "FieldValueRequired")]),
                        maxItems=500, default=[]),
+    "secretRefs": array(
+        "Secrets of this namespace to ship, by reference: the operator reads each (it must carry the label"
+        " stackyard.dev/stack-secret=true), ships its type and data as a Secret named targetName in targetNamespace,"
+        " encrypted at rest, and emits a new version when it changes. Prefer this to a Secret in resources, whose"
+        " data anyone who may get this Stack can read.",
+        obj(None, {
+            "name": name("A Secret in the Stack's own namespace."),
+            "targetNamespace": string("Namespace of the Secret in the target cluster.", minLength=1, maxLength=63,
+                                      pattern=DNS_LABEL),
+            "targetName": name("Name of the Secret in the target cluster; default: name."),
+        }, required=["name", "targetNamespace"]),
+        maxItems=64, default=[]),
     "rollout": obj("Staged rollout of each new version across the targeted agents. Without it (or with"
                    " maxUnavailable 100% and no pause) every agent gets a new version at once.", {
                        "maxUnavailable": any_value(

@@ -5,13 +5,15 @@ from .base import Conflict, DatabaseTimeout, Immutable, NotFound, NotPermitted, 
 from .desired import DESIRED_STATE_SQL, DesiredStack
 from .events import EventIn, EventRow
 from .migrate import migrate
-from .stacks import EMPTY_SHA256, LATEST_SQL, DeploymentObject, EmitResult, sha256_hex
+from .sealed import SealedRow
+from .stacks import EMPTY_SHA256, LATEST_SQL, Content, DeploymentObject, EmitResult, sha256_hex
 from .store import TABLES, Store
 from .targets import TARGET_ROWS_SQL, TargetRow, target_row_id
 
 __all__ = [
     "Agent",
     "Conflict",
+    "Content",
     "DESIRED_STATE_SQL",
     "DatabaseTimeout",
     "DeploymentObject",
@@ -25,6 +27,7 @@ __all__ = [
     "NotFound",
     "NotPermitted",
     "NotTargeted",
+    "SealedRow",
     "Store",
     "StoreError",
     "TABLES",

@@ -33,6 +33,22 @@ class DeploymentObject:
     submitted_at: datetime
     is_deletion_marker: bool
     yaml_content: str
+    key_id: str | None = None  # the key its Secret values are sealed with (None: no Secret data)
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a new deployment object stores: its YAML (Secret values sealed), its checksum (a keyed HMAC when it
+    holds Secret data: the caller computes it, holding the key), and the id of the sealing key."""
+
+    yaml: str
+    checksum: str
+    key_id: str | None = None
+
+    @classmethod
+    def plain(cls, yaml_text: str) -> "Content":
+        """Content without Secret data: its checksum is the sha256 of the YAML."""
+        return cls(yaml_text, sha256_hex(yaml_text))
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,7 @@ class StackQueries(StoreBase):
         description: str | None,
         labels: Iterable[str],
         annotations: Mapping[str, str],
-        yaml_content: str,
+        yaml_content: str | Content,
         rollout: Mapping[str, Any] | None = None,
     ) -> EmitResult:
         """`upsert_stack` and `emit_deployment_object` in one transaction (one reconcile, one round of locks).
@@ -117,7 +133,7 @@ class StackQueries(StoreBase):
                     (latest.sequence_id, stack_id, [a for a, _ in pairs], [c for _, c in pairs], latest.sequence_id))
             return pairs
 
-    async def emit_deployment_object(self, stack_id: uuid.UUID, yaml_content: str) -> EmitResult:
+    async def emit_deployment_object(self, stack_id: uuid.UUID, yaml_content: str | Content) -> EmitResult:
         """Insert a deployment object unless the stack's latest one has the same checksum.
 
         The stack row is locked for the check, so concurrent callers with the
@@ -186,9 +202,10 @@ async def _set_rollout(conn: psycopg.AsyncConnection[Any], stack_id: uuid.UUID,
             " WHERE stack_id = %s AND released_sequence IS NULL", (stack_id, stack_id))
 
 
-async def _emit(conn: psycopg.AsyncConnection[Any], stack_id: uuid.UUID, yaml_content: str) -> EmitResult:
+async def _emit(conn: psycopg.AsyncConnection[Any], stack_id: uuid.UUID, content: str | Content) -> EmitResult:
     """Insert a deployment object unless the latest has the same checksum (the stack row is locked)."""
-    checksum = sha256_hex(yaml_content)
+    content = Content.plain(content) if isinstance(content, str) else content
+    checksum = content.checksum
     locked = await (
         await conn.execute("SELECT 1 FROM stacks WHERE id = %s AND deleted_at IS NULL FOR UPDATE", (stack_id,))
     ).fetchone()
@@ -200,9 +217,9 @@ async def _emit(conn: psycopg.AsyncConnection[Any], stack_id: uuid.UUID, yaml_co
         return EmitResult(latest, created=False)
     created: DeploymentObject | None = await (
         await cur.execute(
-            "INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum)"
-            f" VALUES (%s, %s, %s) RETURNING {columns(DeploymentObject)}",
-            (stack_id, yaml_content, checksum),
+            "INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum, key_id)"
+            f" VALUES (%s, %s, %s, %s) RETURNING {columns(DeploymentObject)}",
+            (stack_id, content.yaml, checksum, content.key_id),
         )
     ).fetchone()
     assert created is not None  # INSERT ... RETURNING always returns the row

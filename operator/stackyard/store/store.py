@@ -8,6 +8,7 @@
 | `events.py` | heartbeats and events |
 | `desired.py` | the desired state the agent API serves |
 | `retention.py` | scheduled deletes |
+| `sealed.py` | sealed Secret data, re-sealing under a new key |
 
 Every public coroutine runs under the store's deadline (`base.with_deadlines`).
 """
@@ -19,6 +20,7 @@ from .base import with_deadlines
 from .desired import DesiredStateQueries
 from .events import EventQueries
 from .retention import RetentionQueries
+from .sealed import SealedQueries
 from .stacks import StackQueries
 from .targets import TargetQueries
 
@@ -26,5 +28,6 @@ TABLES = ("stacks", "agents", "deployment_objects", "agent_events", "agent_targe
 
 
 @with_deadlines
-class Store(StackQueries, TargetQueries, AgentQueries, EventQueries, DesiredStateQueries, RetentionQueries):
+class Store(StackQueries, TargetQueries, AgentQueries, EventQueries, DesiredStateQueries, RetentionQueries,
+            SealedQueries):
     """The PostgreSQL store behind the operator and the agent API."""
