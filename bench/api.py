@@ -9,7 +9,10 @@ machine: both rates, their p99 and the ratio; then the same 304s over TLS at a
 second `stackyard api` serving a throwaway certificate (keep-alive
 connections: the handshake is paid once per connection). Target: a ratio of at least 0.5,
 p99 under 10 ms. Then an aiohttp client measures target-state 200s and 304s
-across all agents, heartbeats/s and events/s.
+across all agents, heartbeats/s and events/s. With `--secrets` every stack
+also holds one Secret of five values sealed at rest, so each 200 opens five
+values per stack (50 per answer); the 304 comparisons are skipped (a 304 opens
+nothing).
 
 The process runs with its default limits except the heartbeat and event rates
 per agent, raised so that the throughput phases measure the server rather than
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
 import psycopg
@@ -37,11 +41,27 @@ import psycopg
 from common import database, free_port, machine, percentile, progress, stackyard_process, wait_ready
 
 from stackyard import pak  # noqa: E402
+from stackyard.encryption import Keyring, generate_key_file, seal_content  # noqa: E402
 
 
-def seed(url: str, agents: int, stacks: int, targets_per_agent: int) -> list[tuple[str, list[str]]]:
+CONFIGMAPS = "".join(f"---\napiVersion: v1\ndata:\n  k: v\nkind: ConfigMap\nmetadata:\n  name: c{i}\n" for i in range(5))
+SECRET = "---\napiVersion: v1\ndata:\n" + "".join(f"  k{i}: {'c2VjcmV0' * 4}\n" for i in range(5)) + (
+    "kind: Secret\nmetadata:\n  name: s\n")
+
+
+def stack_content(keyring: Keyring | None, stack_id: uuid.UUID) -> tuple[str, str | None]:
+    """(stored YAML, key id): five ConfigMaps, and with a keyring one Secret of five values, sealed."""
+    content = CONFIGMAPS + f"# {stack_id}\n"
+    if keyring is None:
+        return content, None
+    return seal_content(keyring, content + SECRET), keyring.current_id
+
+
+def seed(url: str, agents: int, stacks: int, targets_per_agent: int,
+         keyring: Keyring | None = None) -> list[tuple[str, list[str]]]:
     """Rows straight into PostgreSQL; returns (token, deployment object ids) per agent."""
-    progress(f"seeding {agents} agents, {stacks} stacks, {targets_per_agent} targets per agent")
+    progress(f"seeding {agents} agents, {stacks} stacks, {targets_per_agent} targets per agent"
+             + (", each stack with a sealed Secret" if keyring else ""))
     keys = [pak.generate() for _ in range(agents)]
     with psycopg.connect(url, autocommit=True) as conn:
         with conn.cursor() as cur:
@@ -50,9 +70,10 @@ def seed(url: str, agents: int, stacks: int, targets_per_agent: int) -> list[tup
             stack_ids = [uuid.uuid4() for _ in range(stacks)]
             cur.executemany("INSERT INTO stacks (id, name) VALUES (%s, %s)",
                             [(sid, f"bench/stack-{i}") for i, sid in enumerate(stack_ids)])
-            content = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  k: v\n" * 5
-            cur.executemany("INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum) VALUES (%s, %s, %s)",
-                            [(sid, content + str(sid), pak.hash_secret(str(sid))) for sid in stack_ids])
+            cur.executemany("INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum, key_id)"
+                            " VALUES (%s, %s, %s, %s)",
+                            [(sid, content, pak.hash_secret(str(sid)), key)
+                             for sid in stack_ids for content, key in [stack_content(keyring, sid)]])
             rng = random.Random(7)
             rows = []
             for i in range(agents):
@@ -181,15 +202,18 @@ def report(name: str, count: int, seconds: float, latencies: list[float]) -> Non
           f"p99 {percentile(latencies, 99) * 1000:.1f} ms ({count} requests)")
 
 
-async def run(agents: int, stacks: int, seconds: float, concurrency: int) -> None:
-    with database() as url:
-        creds = seed(url, agents, stacks, 10)
+async def run(agents: int, stacks: int, seconds: float, concurrency: int, secrets: bool) -> None:
+    with database() as url, tempfile.TemporaryDirectory() as scratch:
+        key_file = Path(scratch) / "encryption.key"
+        generate_key_file(key_file)
+        creds = seed(url, agents, stacks, 10, Keyring.from_file(key_file) if secrets else None)
         port = free_port()
         proc = stackyard_process("api", "--api-address", f"127.0.0.1:{port}", "--metrics-address",
                                  f"127.0.0.1:{free_port()}", "--pool-size", "20",
                                  "--api-heartbeats-per-second", "1000000", "--api-heartbeats-burst", "1000000",
                                  "--api-events-per-second", "1000000", "--api-events-burst", "1000000",
-                                 env={"STACKYARD_DATABASE_URL": url, "STACKYARD_LOG_LEVEL": "WARNING"})
+                                 env={"STACKYARD_DATABASE_URL": url, "STACKYARD_LOG_LEVEL": "WARNING",
+                                      "STACKYARD_ENCRYPTION_KEY_FILE": str(key_file)})
         base = f"http://127.0.0.1:{port}/api/v1/agents/self"
         try:
             connector = aiohttp.TCPConnector(limit=concurrency)
@@ -225,10 +249,12 @@ async def run(agents: int, stacks: int, seconds: float, concurrency: int) -> Non
                         assert r.status == 200
 
                 print(f"machine: {machine()}")
-                print(f"agents: {agents}, stacks: {stacks}, targets per agent: 10, concurrency: {concurrency}")
-                plain = await compare_with_bare_aiohttp(http, base, creds[0][0], etags[0], seconds, concurrency)
-                if plain is not None:
-                    await compare_tls(http, url, creds[0][0], etags[0], seconds, concurrency, plain)
+                print(f"agents: {agents}, stacks: {stacks}, targets per agent: 10, concurrency: {concurrency},"
+                      f" stacks with a sealed Secret: {'all' if secrets else 'none'}")
+                if not secrets:  # the 304 path never opens content: measured once, without
+                    plain = await compare_with_bare_aiohttp(http, base, creds[0][0], etags[0], seconds, concurrency)
+                    if plain is not None:
+                        await compare_tls(http, url, creds[0][0], etags[0], seconds, concurrency, plain)
                 for name, call in (("target-state 200 (full)", full), ("target-state 304", not_modified),
                                    ("heartbeats", heartbeat), ("events (1 per request)", events)):
                     progress(f"measuring {name} for {seconds:.0f}s")
@@ -245,5 +271,7 @@ if __name__ == "__main__":
     parser.add_argument("--stacks", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--secrets", action="store_true",
+                        help="every stack also holds a Secret of five values, sealed: the 200s open them")
     args = parser.parse_args()
-    asyncio.run(run(args.agents, args.stacks, args.seconds, args.concurrency))
+    asyncio.run(run(args.agents, args.stacks, args.seconds, args.concurrency, args.secrets))

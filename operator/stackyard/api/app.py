@@ -24,7 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .. import __version__, pak
-from ..encryption import EncryptionError, Keyring, is_sealed, open_content
+from ..encryption import Keyring
 from ..logs import Episodes
 from ..metrics import Metrics
 from ..protocol import (
@@ -39,6 +39,7 @@ from ..protocol import (
 from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
 from . import schemas
 from .limits import Limiter, LimitSettings, Refused
+from .sealed import KeyUnavailable, Opener
 from .validation import InvalidInput, canonical_uuid, is_json_media_type, none_match, parse_body, parse_wait
 from .waiters import StateWaiters
 
@@ -56,14 +57,7 @@ CLIENT_CLOSED = 499
 UNWOKEN_RECHECK = 5.0  # seconds between reads of a long-poll's state while no notification can wake it
 
 
-@dataclass
-class KeyringHolder:
-    """The API's keyring (an app value must be one object for the app's life)."""
-
-    current: Keyring | None
-
-
-KEYRING_KEY = web.AppKey("keyring", KeyringHolder)
+OPENER_KEY = web.AppKey("opener", Opener)
 
 
 @dataclass(frozen=True)
@@ -242,26 +236,17 @@ def state_document(request: web.Request, agent: Agent, stacks: list[DesiredStack
     the agent the stacks are targeted to."""
     return target_state_document(str(agent.id), [
         WireStack(str(s.stack_id), s.stack_name, s.stack_deleted, str(s.deployment_object_id), s.sequence_id,
-                  s.yaml_checksum, s.is_deletion_marker, opened(request, s.yaml_content))
+                  s.yaml_checksum, s.is_deletion_marker, opened(request, s))
         for s in stacks
     ])
 
 
-def opened(request: web.Request, content: str) -> str:
-    """Content with its sealed Secret values opened, or a 503 naming the key this process does not hold (the
-    values themselves are never part of a message)."""
-    if not is_sealed(content):
-        return content
-    keyring = request.app[KEYRING_KEY].current
-    if keyring is None:
-        raise ApiError(503, "missing_key", "this stack holds encrypted Secret data and the API has no encryption key"
-                                           " (--encryption-key-file)", {"Retry-After": "30"})
+def opened(request: web.Request, stack: DesiredStack) -> str:
+    """A stack's content with its sealed Secret values opened, or a 503 naming the key this process does not
+    hold (never a partial state, which would make the agent prune the stacks left out)."""
     try:
-        keyring.refresh()
-        return open_content(keyring, content)
-    except EncryptionError as exc:
-        if request.app[EPISODES_KEY].starts(f"key:{exc}"):
-            log.error("cannot serve encrypted Secret data: %s", exc)
+        return request.app[OPENER_KEY].open(stack.deployment_object_id, stack.yaml_checksum, stack.yaml_content)
+    except KeyUnavailable as exc:
         raise ApiError(503, "missing_key", str(exc), {"Retry-After": "30"}) from None
 
 
@@ -438,8 +423,8 @@ def create_app(
     app[SETTINGS_KEY] = settings
     app[LIMITER_KEY] = Limiter(settings.limits)
     app[EPISODES_KEY] = Episodes()
-    app[KEYRING_KEY] = KeyringHolder(Keyring.from_file(settings.encryption_key_file)
-                                     if settings.encryption_key_file else None)
+    app[OPENER_KEY] = Opener(Keyring.from_file(settings.encryption_key_file) if settings.encryption_key_file
+                             else None)
 
     async def answer_long_polls(_: web.Application) -> None:
         waiters.close()  # SIGTERM: sites have stopped accepting; waiting long-polls answer now
