@@ -50,6 +50,12 @@ async def test_the_quickstart_commands_all_exit_0(operator, cluster, kube_server
     assert shared["metadata"]["labels"] == {"region": "eu"}
     assert (await cluster.get(STACKS, "web", "team-a"))["status"]["targets"]["total"] == 3
 
+    async def overlays_explained():  # the Stack's overlays example: which applied to whom
+        agents = (await cluster.get(STACKS, "web", "team-a"))["status"].get("agents") or []
+        return {e["clusterName"]: e.get("overlays") for e in agents} == {"eu-1": [0], "eu-2": [0], "us-1": [0, 1]}
+
+    await eventually(overlays_explained)
+
 
 def discovery_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "stackyard-discovery-*")))

@@ -39,11 +39,13 @@ EXPECTED = {
         "stack_id": UUID, "yaml_content": TEXT, "yaml_checksum": TEXT, "submitted_at": TS,
         "is_deletion_marker": ("boolean", None),
         "key_id": TEXT,  # beyond the data design: the key that sealed its Secret values (README, "Secrets")
+        "overlays": ("jsonb", None),  # beyond the data design: per-agent patches (README, "Per-cluster customization")
     },
     "agent_events": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "agent_id": UUID,
         "deployment_object_id": UUID, "event_type": varchar(50), "status": varchar(10), "message": TEXT,
         "details": ("jsonb", None),  # beyond the data design: a HEALTH or DRIFT event's bounded summary
+        "checksum": TEXT,  # beyond the data design: the checksum of the agent's rendering it applied
     },
     "agent_targets": {
         "id": UUID, "stack_id": UUID, "agent_name": TEXT, "cluster_name": TEXT,
@@ -151,6 +153,7 @@ def test_the_database_holds_whatever_the_agent_contract_allows(db):
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'agent_events'::regclass"))
     for status in protocol.EVENT_STATUSES:
         assert f"'{status}'" in checks, "every status the contract allows passes the CHECK"
+    assert f"length(checksum) <= {protocol.MAX_CHECKSUM_LENGTH}" in checks
     agent_checks = " ".join(row[0] for row in db.execute(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'agents'::regclass"))
     assert "held_stacks >= 0" in agent_checks

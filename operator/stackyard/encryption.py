@@ -26,16 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .yamldocs import dump_documents, load_documents
+
 PREFIX = "sy1:"
 KEY_BYTES = 32
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class EncryptionError(Exception):
@@ -185,20 +184,15 @@ def has_secret_data(content: str) -> bool:
     """Whether canonical YAML holds a Secret with data (cheap enough to call on every render)."""
     if "kind: Secret" not in content:
         return False
-    return any(True for _ in _secret_fields(list(yaml.load_all(content, Loader=_LOADER))))
-
-
-def _dump(documents: list[Any]) -> str:
-    return yaml.dump_all(documents, Dumper=_DUMPER, sort_keys=True, default_flow_style=False, explicit_start=True,
-                         allow_unicode=True)
+    return any(True for _ in _secret_fields(load_documents(content)))
 
 
 def seal_content(keyring: Keyring, content: str) -> str:
     """Canonical YAML with every Secret value sealed (the rest as it was)."""
-    documents = list(yaml.load_all(content, Loader=_LOADER))
+    documents = load_documents(content)
     for values, key, where, _field in _secret_fields(documents):
         values[key] = keyring.seal(str(values[key]).encode("utf-8"), where)
-    return _dump(documents)
+    return dump_documents(documents)
 
 
 def is_sealed(content: str) -> bool:
@@ -209,12 +203,12 @@ def open_content(keyring: Keyring, content: str) -> str:
     """The YAML the agent applies: every sealed Secret value opened (MissingKey, Undecryptable)."""
     if not is_sealed(content):
         return content
-    documents = list(yaml.load_all(content, Loader=_LOADER))
+    documents = load_documents(content)
     for values, key, where, _field in _secret_fields(documents):
         value = values[key]
         if isinstance(value, str) and value.startswith(PREFIX):
             values[key] = keyring.open(value, where).decode("utf-8")
-    return _dump(documents)
+    return dump_documents(documents)
 
 
 def sealed_key_ids(content: str) -> set[str]:

@@ -32,6 +32,7 @@ MAX_DETAIL_TEXT = 600
 MAX_UNHEALTHY_IN_SUMMARY = 5
 MAX_DRIFTED_IN_EVENT = 10
 MAX_HELD_STACKS = 1_000_000
+MAX_CHECKSUM_LENGTH = 128
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 # Text PostgreSQL can store has no NUL. (Nor lone UTF-16 surrogates, which the API refuses in any string too;
 # a pattern cannot say so portably: ECMA and Rust regex engines differ on surrogate ranges.)
@@ -76,18 +77,21 @@ class Event:
     status: str
     message: str = ""
     details: Mapping[str, Any] | None = None
+    checksum: str | None = None  # of the content the agent received (its own rendering, with overlays)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"deploymentObjectId": self.deployment_object_id, "eventType": self.event_type,
                                 "status": self.status, "message": self.message[:MAX_MESSAGE_LENGTH]}
         if self.details is not None:
             body["details"] = dict(self.details)
+        if self.checksum is not None:
+            body["checksum"] = self.checksum
         return body
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "Event":
         return cls(body["deploymentObjectId"], body["eventType"], body["status"], body.get("message", ""),
-                   body.get("details"))
+                   body.get("details"), body.get("checksum"))
 
 
 def events_body(events: list[Event]) -> dict[str, Any]:
@@ -132,9 +136,12 @@ class WireStack:
     checksum: str
     is_deletion_marker: bool
     yaml: str
+    # This agent's rendering failed (an overlay's variable it has no value for): `yaml` is empty, and the agent
+    # keeps what it applied and reports the failure.
+    render_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "stackId": self.stack_id,
             "stackName": self.stack_name,
             "deleted": self.deleted,
@@ -142,12 +149,15 @@ class WireStack:
                                  "checksum": self.checksum, "isDeletionMarker": self.is_deletion_marker,
                                  "yaml": self.yaml},
         }
+        if self.render_error is not None:
+            body["renderError"] = self.render_error
+        return body
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> "WireStack":
         do = entry["deploymentObject"]
         return cls(entry["stackId"], entry["stackName"], bool(entry.get("deleted")), do["id"], do["sequenceId"],
-                   do["checksum"], do["isDeletionMarker"], do["yaml"])
+                   do["checksum"], do["isDeletionMarker"], do["yaml"], entry.get("renderError"))
 
 
 def target_state_document(agent_id: str, stacks: list[WireStack]) -> dict[str, Any]:
@@ -206,6 +216,9 @@ EVENT: dict[str, Any] = {
         "message": {"type": "string", "maxLength": MAX_MESSAGE_LENGTH, "pattern": STORABLE_TEXT,
                     "description": "free text; PostgreSQL cannot store NUL characters or lone UTF-16 surrogates"},
         "details": DETAILS,
+        "checksum": {"type": "string", "maxLength": MAX_CHECKSUM_LENGTH, "pattern": "^[0-9a-f]+$",
+                     "description": "checksum of the content the agent received for this deployment object (its"
+                                    " own rendering when the Stack has overlays)"},
     },
 }
 
@@ -256,6 +269,9 @@ TARGET_STATE: dict[str, Any] = {
                     "stackId": {"type": "string"},
                     "stackName": {"type": "string"},
                     "deleted": {"type": "boolean"},
+                    "renderError": {"type": "string", "description": "this agent's rendering of the stack's"
+                                    " overlays failed (a variable it has no value for); yaml is empty and the"
+                                    " agent keeps what it applied"},
                     "deploymentObject": {
                         "type": "object",
                         "required": ["id", "sequenceId", "checksum", "isDeletionMarker", "yaml"],

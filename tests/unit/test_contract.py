@@ -44,10 +44,11 @@ def test_answers_read_back_through_the_models():
     valid(identity.to_json(), protocol.IDENTITY)
     assert protocol.Identity.from_json(identity.to_json()) == identity
     stack = protocol.WireStack("s", "ns/web", False, "d", 1, "c", False, "kind: ConfigMap\n")
-    document = protocol.target_state_document("agent", [stack])
+    failed = protocol.WireStack("t", "ns/api", False, "e", 2, "c", False, "", "OverlayFailed: overlay 0: ...")
+    document = protocol.target_state_document("agent", [stack, failed])
     jsonschema.Draft7Validator(protocol.TARGET_STATE).validate(document)
-    assert protocol.stacks_of(document) == [stack]
+    assert protocol.stacks_of(document) == [stack, failed]
     beat = protocol.Heartbeat("DEGRADED", 2)
     assert protocol.Heartbeat.from_json(beat.to_json()) == beat
-    event = protocol.Event(str(uuid.uuid4()), "DRIFT", "SUCCESS", "m", {"drifted": [{"object": "x"}]})
+    event = protocol.Event(str(uuid.uuid4()), "DRIFT", "SUCCESS", "m", {"drifted": [{"object": "x"}]}, "ab12")
     assert protocol.Event.from_json(event.to_json()) == event

@@ -84,7 +84,23 @@ def test_applied_stacks_are_left_alone_until_drift_repair_and_failures_wait_for_
     assert [a.stack.stack_id for a in decide(*applied, drift_due=True)[0].applies] == ["a"]
     waiting = Backoff(base=60)
     waiting.next_delay()
-    assert decide([live("a", "x", do="do-2")], [inventory("a", "x")], backoffs={"do-2": waiting})[0].applies == []
+    assert decide([live("a", "x", do="do-2")], [inventory("a", "x")], backoffs={"do-2/c": waiting})[0].applies == []
+
+
+def test_a_new_rendering_of_the_same_version_is_applied_and_starts_a_fresh_backoff():
+    waiting = Backoff(base=60)
+    waiting.next_delay()
+    relabelled = WireStack("a", "ns/a", False, "do-1", 1, "rendered-for-us", False, yaml.safe_dump_all([cm("x")]))
+    decided = decide([relabelled], [inventory("a", "x")], backoffs={"do-1/c": waiting})[0]
+    assert [a.stack.checksum for a in decided.applies] == ["rendered-for-us"] and not decided.applies[0].repair
+
+
+def test_a_failed_rendering_keeps_what_the_agent_applied_and_is_reported():
+    failed = WireStack("a", "ns/a", False, "do-2", 2, "c", False, "", "OverlayFailed: overlay 0: ...")
+    decided = decide([failed], [inventory("a", "x", "y")])[0]
+    assert len(decided.applies) == 1 and isinstance(decided.applies[0].objects, BadManifest)
+    assert "OverlayFailed" in str(decided.applies[0].objects)
+    assert decided.applies[0].prune == frozenset() and decided.deletions == []
 
 
 def test_a_bad_manifest_is_planned_as_a_failure_and_keeps_what_it_had():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from stackyard.controller.render import InvalidSpec, render_stack, selector_matches, selector_query
+from stackyard.controller.render import InvalidSpec, render_stack, selector_query
+from stackyard.selectors import selector_matches
 
 from ..builders import configmap
 

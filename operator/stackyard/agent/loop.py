@@ -41,7 +41,7 @@ from .broker import BrokerClient, BrokerError
 from .drift import drift
 from .health import object_health, stack_health
 from .manifests import INVENTORY_LABEL, BadManifest, Inventory, ObjectRef, decorate, inventory_name, ref_of, refs
-from .planner import Apply, Deletion, plan
+from .planner import Apply, Deletion, attempt_key, plan
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,9 @@ class StackAgent:
         for stack, objects in decided.health_checks:
             await self._check_health(stack, objects)
         self._forget_health(s.deployment_object_id for s in self.desired)
+        current = {attempt_key(s) for s in self.desired}
+        for stale in [key for key in self.backoffs if key not in current]:
+            del self.backoffs[stale]
         if drift_due:
             self.last_full_apply = time.monotonic()
         await self._flush_events()
@@ -230,7 +233,7 @@ class StackAgent:
         except CALL_ERRORS as exc:  # the inventory could not be written
             self._failed(stack, ApplyFailed(f"inventory: {describe(exc)}"))
             return
-        self.backoffs.pop(stack.deployment_object_id, None)
+        self.backoffs.pop(attempt_key(stack), None)
         if drifted:
             self._report_drift(stack, drifted)
         if apply.repair:  # a drift repair of a version already reported applied: no new APPLY event
@@ -305,7 +308,7 @@ class StackAgent:
                 del table[do_id]
 
     def _failed(self, stack: WireStack, exc: Exception) -> None:
-        backoff = self.backoffs.setdefault(stack.deployment_object_id,
+        backoff = self.backoffs.setdefault(attempt_key(stack),
                                            Backoff(self.settings.retry_base, self.settings.retry_max))
         delay = backoff.next_delay()
         self.metrics.applies_total.labels("failure").inc()
@@ -378,7 +381,8 @@ class StackAgent:
 
     def _event(self, stack: WireStack, event_type: str, status: str, message: str,
                details: dict[str, Any] | None = None) -> None:
-        self.outbox.append(Event(stack.deployment_object_id, event_type, status, message[:MAX_MESSAGE_LENGTH], details))
+        self.outbox.append(Event(stack.deployment_object_id, event_type, status, message[:MAX_MESSAGE_LENGTH], details,
+                                 stack.checksum))
         del self.outbox[:-1000]  # bounded while the broker is unreachable
 
     async def _flush_events(self) -> None:

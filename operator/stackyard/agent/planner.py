@@ -8,8 +8,11 @@ Rules (docs/architecture.md, "Agent"):
 - A stack must stay dead (deletion marker, or no longer targeted) for the deletion grace period
   before its objects go.
 - Deletions are carried out before applies.
-- A stack already applied at its deployment object is not applied again until a drift repair is
-  due (then its objects are compared first, to report drift); a failed one waits for its backoff.
+- A stack already applied at its deployment object and checksum is not applied again until a drift repair
+  is due (then its objects are compared first, to report drift); a failed one waits for its backoff. (The
+  checksum changes without a new version when the agent's rendering of the stack's overlays does: relabelled.)
+- A stack whose rendering failed for this agent (`render_error`) is like one whose YAML cannot be read: what
+  it applied stays, nothing is pruned for it, and the failure is reported.
 - The health of an applied stack is checked when its check is due (right after an apply, then with
   backoff while it is not healthy, and at the drift interval once it is).
 """
@@ -23,6 +26,11 @@ from typing import Any
 from ..backoff import Backoff
 from ..protocol import WireStack
 from .manifests import BadManifest, Inventory, ObjectRef, parse_objects, refs
+
+
+def attempt_key(stack: WireStack) -> str:
+    """What a retry backoff belongs to: a version as this agent received it (a new rendering starts afresh)."""
+    return f"{stack.deployment_object_id}/{stack.checksum}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ def plan(
     markers = {s.stack_id: s for s in desired if s.is_deletion_marker}
     parsed: dict[str, list[dict[str, Any]] | BadManifest] = {}
     for stack_id, stack in live.items():
+        if stack.render_error is not None:  # this agent's rendering failed: keep what it has, say why
+            parsed[stack_id] = BadManifest(stack.render_error)
+            continue
         try:
             parsed[stack_id] = parse_objects(stack.yaml)
         except BadManifest as exc:
@@ -100,13 +111,13 @@ def plan(
         stack, objects = live[stack_id], parsed[stack_id]
         inventory: Inventory | None = inventories.get(stack_id)
         done = (inventory is not None and inventory.deployment_object_id == stack.deployment_object_id
-                and inventory.applied)
+                and inventory.checksum == stack.checksum and inventory.applied)
         if done and not drift_due:
             due = (health_due or {}).get(stack.deployment_object_id, now)
             if due <= now and not isinstance(objects, BadManifest):
                 result.health_checks.append((stack, objects))
             continue
-        backoff = backoffs.get(stack.deployment_object_id)
+        backoff = backoffs.get(attempt_key(stack))
         if backoff is not None and backoff.waiting():
             continue
         old = inventory.objects if inventory else frozenset()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -36,10 +37,11 @@ from ..protocol import (
     WireStack,
     target_state_document,
 )
-from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store
+from ..overlays import UndefinedVariable
+from ..store import Agent, DesiredStack, EventIn, NotFound, NotTargeted, Store, Version
 from . import schemas
 from .limits import Limiter, LimitSettings, Refused
-from .sealed import KeyUnavailable, Opener
+from .rendering import KeyUnavailable, Renderer
 from .validation import InvalidInput, canonical_uuid, is_json_media_type, none_match, parse_body, parse_wait
 from .waiters import StateWaiters
 
@@ -57,7 +59,7 @@ CLIENT_CLOSED = 499
 UNWOKEN_RECHECK = 5.0  # seconds between reads of a long-poll's state while no notification can wake it
 
 
-OPENER_KEY = web.AppKey("opener", Opener)
+RENDERER_KEY = web.AppKey("renderer", Renderer)
 
 
 @dataclass(frozen=True)
@@ -232,34 +234,40 @@ def identity(agent: Agent, labels: list[str], annotations: dict[str, str]) -> di
 
 
 def state_document(request: web.Request, agent: Agent, stacks: list[DesiredStack]) -> dict[str, Any]:
-    """The agent's target state, Secret data opened: the only place it leaves the store in clear, and only to
-    the agent the stacks are targeted to."""
-    return target_state_document(str(agent.id), [
-        WireStack(str(s.stack_id), s.stack_name, s.stack_deleted, str(s.deployment_object_id), s.sequence_id,
-                  s.yaml_checksum, s.is_deletion_marker, opened(request, s))
-        for s in stacks
-    ])
+    """The agent's target state: each stack as this agent receives it (Secret data opened: the only place it
+    leaves the store in clear, and only to the agent the stacks are targeted to; overlays rendered for it)."""
+    return target_state_document(str(agent.id), [wire_stack(request, agent, s) for s in stacks])
 
 
-def opened(request: web.Request, stack: DesiredStack) -> str:
-    """A stack's content with its sealed Secret values opened, or a 503 naming the key this process does not
-    hold (never a partial state, which would make the agent prune the stacks left out)."""
+def wire_stack(request: web.Request, agent: Agent, stack: DesiredStack) -> WireStack:
+    """One stack for this agent. Secret data this process cannot open is a 503 naming the key (never a partial
+    state, which would make the agent prune the stacks left out); an overlay variable the agent has no value
+    for is this stack's `renderError` (the agent keeps what it applied)."""
+    checksum, content, error = stack.yaml_checksum, "", None
     try:
-        return request.app[OPENER_KEY].open(stack.deployment_object_id, stack.yaml_checksum, stack.yaml_content)
+        rendering = request.app[RENDERER_KEY].for_agent(stack, agent.name, agent.cluster_name)
+        checksum, content = rendering.checksum, rendering.content
     except KeyUnavailable as exc:
         raise ApiError(503, "missing_key", str(exc), {"Retry-After": "30"}) from None
+    except UndefinedVariable as exc:
+        error = f"OverlayFailed: {exc}"
+    return WireStack(str(stack.stack_id), stack.stack_name, stack.stack_deleted, str(stack.deployment_object_id),
+                     stack.sequence_id, checksum, stack.is_deletion_marker, content, error)
 
 
-def state_etag(versions: list[tuple[uuid.UUID, uuid.UUID]]) -> str:
-    """A strong ETag over which deployment object each stack is at."""
+def state_etag(versions: list[Version]) -> str:
+    """A strong ETag over which deployment object each stack is at (and the agent's labels, for a version with
+    overlays: its rendering follows them)."""
     digest = hashlib.sha256()
-    for stack_id, deployment_object_id in versions:
+    for stack_id, deployment_object_id, labels in versions:
         digest.update(f"{stack_id}:{deployment_object_id};".encode())
+        if labels is not None:
+            digest.update(json.dumps(labels, sort_keys=True).encode() + b";")
     return f'"{digest.hexdigest()[:32]}"'
 
 
-def _versions(stacks: list[DesiredStack]) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    return [(s.stack_id, s.deployment_object_id) for s in stacks]
+def _versions(stacks: list[DesiredStack]) -> list[Version]:
+    return [(s.stack_id, s.deployment_object_id, s.agent_labels if s.overlays else None) for s in stacks]
 
 
 async def current_etag(store: Store, waiters: StateWaiters, key: tuple[str, str]) -> str:
@@ -376,7 +384,7 @@ async def other_target_state(request: web.Request) -> web.Response:
 async def post_events(request: web.Request) -> web.Response:
     agent = await authenticate(request)
     body = await read_json(request, EVENTS_REQUEST)
-    events = [EventIn(uuid.UUID(e.deployment_object_id), e.event_type, e.status, e.message, e.details)
+    events = [EventIn(uuid.UUID(e.deployment_object_id), e.event_type, e.status, e.message, e.details, e.checksum)
               for e in map(Event.from_json, body["events"])]
     request.app[LIMITER_KEY].events.take(agent.id, "events of this agent come too fast", len(events))
     try:
@@ -423,8 +431,8 @@ def create_app(
     app[SETTINGS_KEY] = settings
     app[LIMITER_KEY] = Limiter(settings.limits)
     app[EPISODES_KEY] = Episodes()
-    app[OPENER_KEY] = Opener(Keyring.from_file(settings.encryption_key_file) if settings.encryption_key_file
-                             else None)
+    app[RENDERER_KEY] = Renderer(Keyring.from_file(settings.encryption_key_file) if settings.encryption_key_file
+                                 else None)
 
     async def answer_long_polls(_: web.Application) -> None:
         waiters.close()  # SIGTERM: sites have stopped accepting; waiting long-polls answer now

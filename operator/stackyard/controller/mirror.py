@@ -77,6 +77,8 @@ class Mirror:
     selections_dirty_at: float | None = None
     dirty_stacks: dict[uuid.UUID, float] = field(default_factory=dict)
     dirty_target_refs: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Agents relabelled (agent, cluster): which overlays apply to them may have changed in their Stacks' status.
+    relabelled: dict[tuple[str, str], float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     listening: bool = False
     outages: Episodes = field(default_factory=Episodes)
@@ -118,14 +120,19 @@ class Mirror:
         self.wake.set()
 
     def _note_target_row(self, payload: str) -> None:
-        """A target row changed: its Stack's targets did. (A bare stack id is a new version, which the Stack's own
+        """A target row changed: its Stack's targets did. An agent relabelled (no stack named): the overlays that
+        apply to it in each of its Stacks may have. (A bare stack id is a new version, which the Stack's own
         reconcile writes into its status already.)"""
         if not payload.startswith("{"):
             return
         try:
-            stack_id = json.loads(payload).get("stack_id")
+            data = json.loads(payload)
+            stack_id = data.get("stack_id")
             if stack_id:
                 self.note_stack(uuid.UUID(stack_id))
+            elif data.get("agent") and data.get("cluster"):
+                self.relabelled.setdefault((str(data["agent"]), str(data["cluster"])), time.time())
+                self.wake.set()
         except (ValueError, TypeError, AttributeError):
             return
 
@@ -151,6 +158,10 @@ class Mirror:
         stacks, self.dirty_stacks = self.dirty_stacks, {}
         target_refs, self.dirty_target_refs = self.dirty_target_refs, {}
         selections_at, self.selections_dirty_at = self.selections_dirty_at, None
+        relabelled, self.relabelled = self.relabelled, {}
+        for (agent_name, cluster_name), at in relabelled.items():
+            for stack_id in await self.store.stacks_of_agent(agent_name, cluster_name):
+                stacks.setdefault(stack_id, at)
         if selections_at is not None:  # selector AgentTargets may gain or lose agents
             await self._mirror_targets(self.selector_targets, SELECTORS, selections_at)
         for stack_id, at in stacks.items():

@@ -6,10 +6,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from ..jsonshape import depth
 from ..protocol import apply_rank
+from ..yamldocs import dump_documents
 
 MAX_RESOURCES = 500
 # How deeply a resource may nest (objects and lists). The API server accepts far deeper input, but nothing a
@@ -21,9 +20,6 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # values empty or at most 63 of the same alphabet).
 LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]")
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class InvalidSpec(Exception):
@@ -97,10 +93,7 @@ def _sort_key(resource: Mapping[str, Any]) -> tuple:
 
 def canonical_yaml(resources: list[Mapping[str, Any]]) -> str:
     """Multi-document YAML with sorted keys and a stable document order (Namespaces and CRDs first)."""
-    documents = [dict(doc) for doc in sorted(resources, key=_sort_key)]
-    # libyaml's emitter (in the PyYAML wheel) is ~10x faster than the pure-Python one.
-    return yaml.dump_all(documents, Dumper=_DUMPER, sort_keys=True, default_flow_style=False, explicit_start=True,
-                         allow_unicode=True)
+    return dump_documents(dict(doc) for doc in sorted(resources, key=_sort_key))
 
 
 def render_stack(spec: Mapping[str, Any], extra: list[dict[str, Any]] | None = None) -> tuple[str, int]:
@@ -201,22 +194,3 @@ def _check_label(key: str, value: str, where: str) -> None:
     if value and not LABEL_NAME.fullmatch(value):
         raise InvalidSpec("InvalidSelector", f"{where}: {value!r} is not a label value (at most 63 alphanumerics,"
                                              " '-', '_' or '.', starting and ending alphanumeric)")
-
-
-def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """Whether labels satisfy a metav1.LabelSelector (all of matchLabels and matchExpressions)."""
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator, values = expression["key"], expression["operator"], set(expression.get("values") or [])
-        present = key in labels
-        if operator == "In" and not (present and labels[key] in values):
-            return False
-        if operator == "NotIn" and present and labels[key] in values:
-            return False
-        if operator == "Exists" and not present:
-            return False
-        if operator == "DoesNotExist" and present:
-            return False
-    return True

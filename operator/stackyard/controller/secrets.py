@@ -16,7 +16,7 @@ from typing import Any
 import logging
 
 from ..encryption import Keyring, MissingKey, has_secret_data, open_content, seal_content
-from ..store import Content, DeploymentObject, Store
+from ..store import Content, DeploymentObject, Store, checksummed_text
 from .render import InvalidSpec, required_name
 
 log = logging.getLogger(__name__)
@@ -72,22 +72,24 @@ def inline_secrets(resources: Any) -> list[str]:
             if isinstance(r, Mapping) and r.get("kind") == "Secret" and (r.get("data") or r.get("stringData"))]
 
 
-def sealed(keyring: Keyring | None, content: str, latest: DeploymentObject | None) -> Content:
-    """What the store keeps for canonical YAML: as it is without Secret data; else its Secret values sealed under
-    the current key and a keyed checksum (computed with the key of `latest` when that holds the same content, so
-    a new key alone makes no new version)."""
+def sealed(keyring: Keyring | None, content: str, latest: DeploymentObject | None,
+           overlays: list[dict[str, Any]] | None = None) -> Content:
+    """What the store keeps for canonical YAML (and its overlays): as it is without Secret data; else its Secret
+    values sealed under the current key and a keyed checksum (computed with the key of `latest` when that holds
+    the same content, so a new key alone makes no new version)."""
     if not has_secret_data(content):
-        return Content.plain(content)
+        return Content.plain(content, overlays)
     if keyring is None:
         raise InvalidSpec("NoEncryptionKey", "this Stack ships Secret data and the operator has no encryption key:"
                                              " start it with --encryption-key-file")
+    covered = checksummed_text(content, overlays)
     if latest is not None and latest.key_id is not None:
         try:
-            if keyring.mac(content, latest.key_id) == latest.yaml_checksum:
-                return Content(latest.yaml_content, latest.yaml_checksum, latest.key_id)  # unchanged: the same row
+            if keyring.mac(covered, latest.key_id) == latest.yaml_checksum:
+                return Content(latest.yaml_content, latest.yaml_checksum, latest.key_id, latest.overlays)
         except MissingKey as exc:
             raise InvalidSpec("EncryptionKeyMissing", str(exc)) from exc
-    return Content(seal_content(keyring, content), keyring.mac(content), keyring.current_id)
+    return Content(seal_content(keyring, content), keyring.mac(covered), keyring.current_id, overlays)
 
 
 async def rotate_keys(store: Store, new: Keyring, old: Keyring | None = None, batch: int = 100) -> int:
@@ -109,7 +111,8 @@ async def rotate_keys(store: Store, new: Keyring, old: Keyring | None = None, ba
             except MissingKey as exc:
                 unreadable.add(exc.key_id)
                 continue
-            changes.append((row.id, row.key_id, seal_content(new, plain), new.mac(plain), target))
+            changes.append((row.id, row.key_id, seal_content(new, plain),
+                            new.mac(checksummed_text(plain, row.overlays)), target))
         done += await store.reseal(changes)
         log.info("re-sealed %d of %d deployment objects", done, total)
     remaining = {kid: count for kid, count in (await store.key_ids_in_use()).items() if kid != target}

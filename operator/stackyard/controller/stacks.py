@@ -18,6 +18,7 @@ from ..encryption import Keyring
 from ..store import Conflict, Content, DeploymentObject, Store
 from .conditions import Milestone, Outcome, Result, ready_outcome, retrying_outcome, set_condition, spec_of, uid_of
 from .render import InvalidSpec, render_stack, validate_annotations, validate_labels, validate_resources
+from .overlays import validate_overlays
 from .secrets import SecretReader, inline_secrets, secret_refs, sealed, shipped_secrets
 from .rollout import RolloutView, advance, parse_rollout
 from .rollout import view as rollout_view
@@ -63,10 +64,11 @@ async def stack_content(body: Mapping[str, Any], read: SecretReader, keyring: Ke
     annotations = validate_annotations(spec.get("annotations"), "spec.annotations")
     refs = secret_refs(spec)
     rollout = parse_rollout(spec)
-    validate_resources(spec.get("resources"))  # the spec's own faults first, before any Secret is read
+    resources = validate_resources(spec.get("resources"))  # the spec's own faults first, before Secrets are read
+    overlays = validate_overlays(spec, resources)
     shipped = await shipped_secrets(read, body["metadata"]["namespace"], refs) if refs else []
     content, count = render_stack(spec, shipped)
-    return StackContent(description, labels, annotations, sealed(keyring, content, latest), count, rollout,
+    return StackContent(description, labels, annotations, sealed(keyring, content, latest, overlays), count, rollout,
                         inline_secrets(spec.get("resources")))
 
 

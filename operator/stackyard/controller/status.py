@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from ..overlays import Agent as OverlayAgent
 from ..protocol import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_UNKNOWN
 from ..store import Agent, DeploymentObject, TargetRow
 from ..store import EventRow
+from .overlays import agent_overlays
 
 MAX_AGENTS_IN_STATUS = 100
 MAX_STATUS_MESSAGE = 512
@@ -45,6 +47,8 @@ def target_state(latest: DeploymentObject | None, row: TargetRow) -> tuple[str, 
         if on_latest and row.event_status == "SUCCESS":
             return "Applied", latest.sequence_id, "objects removed"
         return "Deleting", row.event_sequence_id, row.event_message or "waiting for the agent to remove the objects"
+    if not held and (failure := overlay_failure(latest, row)) is not None:
+        return "Failed", latest.sequence_id, failure
     if on_latest and row.event_status == "SUCCESS":
         return "Applied", latest.sequence_id, row.event_message or "applied"
     if on_latest and row.event_status == "FAILURE":
@@ -53,6 +57,19 @@ def target_state(latest: DeploymentObject | None, row: TargetRow) -> tuple[str, 
         return "Pending", row.event_sequence_id, (f"held by the rollout: sequence {latest.sequence_id} is not released"
                                                   " to this agent yet")
     return "Pending", row.event_sequence_id, f"waiting for the agent to apply sequence {latest.sequence_id}"
+
+
+def overlays_of(latest: DeploymentObject | None, row: TargetRow) -> tuple[list[int], str | None]:
+    """(the overlays of the latest version that apply to this agent, why its rendering fails or None)."""
+    if latest is None or not latest.overlays or row.agent_id is None:
+        return [], None
+    return agent_overlays(latest.overlays, OverlayAgent(row.agent_name, row.cluster_name, dict(row.agent_labels or {})))
+
+
+def overlay_failure(latest: DeploymentObject, row: TargetRow) -> str | None:
+    """`OverlayFailed: ...` when this agent cannot be given the latest version (a variable it has no value for)."""
+    error = overlays_of(latest, row)[1]
+    return None if error is None else f"OverlayFailed: {error}"
 
 
 def health_of(row: TargetRow, sequence_id: int | None, failed: str | None = None) -> tuple[str, list[dict[str, Any]]]:
@@ -147,6 +164,10 @@ def agents_status(
         }
         if sequence_id is not None:
             entry["sequenceId"] = sequence_id
+        if latest is not None and latest.overlays:
+            entry["overlays"] = overlays_of(latest, row)[0]
+        if row.event_checksum is not None and state == "Applied":
+            entry["checksum"] = row.event_checksum
         if unhealthy:
             entry["healthMessage"] = first_problem(unhealthy)
         if row.drift_time is not None:

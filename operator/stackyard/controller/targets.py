@@ -16,7 +16,8 @@ from typing import Any
 from ..protocol import HEALTH_UNKNOWN
 from ..store import NotPermitted, Store
 from .conditions import Result, now_rfc3339, ready_outcome, retrying_outcome, spec_of, stalled_outcome, uid_of, with_outcome
-from .render import InvalidSpec, required_name, selector_matches, selector_query
+from ..selectors import selector_matches
+from .render import InvalidSpec, required_name, selector_query
 from .stacks import stack_row_name
 from .status import (
     agent_target_agent_status,

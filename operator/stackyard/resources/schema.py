@@ -153,6 +153,9 @@ def agent_entry() -> Schema:
                          enum=HEALTHS),
         "healthMessage": string("The first unhealthy object and why."),
         "lastDrift": last_drift(),
+        "overlays": array("Indexes of the Stack's spec.overlays that apply to this agent (by its labels).",
+                          integer(minimum=0), maxItems=32),
+        "checksum": string("Checksum of what the agent applied: its own rendering when overlays apply."),
     })
 
 

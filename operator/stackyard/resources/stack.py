@@ -14,6 +14,7 @@ from .schema import (
     crd,
     integer,
     kopf_state,
+    label_selector,
     name,
     obj,
     observed_generation,
@@ -47,6 +48,26 @@ SPEC = obj("Desired state: the objects to ship and what to record with them.", {
             "targetName": name("Name of the Secret in the target cluster; default: name."),
         }, required=["name", "targetNamespace"]),
         maxItems=64, default=[]),
+    "overlays": array(
+        "Per-cluster customization: for each agent, every overlay whose agentSelector matches the Agent's"
+        " metadata.labels applies, in order. A patch is a JSON merge patch (RFC 7386) of the one resource its"
+        " target names; its string values may use {{cluster.name}}, {{agent.name}} and {{agent.labels.KEY}}"
+        " ({{{{ for a literal {{).",
+        obj(None, {
+            "agentSelector": label_selector("Agents this overlay applies to; {} selects every agent."),
+            "patches": array("Merge patches, each of one resource of this Stack.", obj(None, {
+                "target": obj("The resource to patch.", {
+                    "apiVersion": string("Only a resource of this apiVersion (default: any).", maxLength=253),
+                    "kind": string("Kind of the resource.", minLength=1, maxLength=63),
+                    "name": name("Name of the resource."),
+                    "namespace": string("Only a resource of this namespace (default: any).", maxLength=63),
+                }, required=["kind", "name"]),
+                "patch": obj("JSON merge patch: objects merge, null deletes, anything else (lists too) replaces."
+                             " It may not change apiVersion, kind, metadata.name or metadata.namespace.",
+                             preserve_unknown=True),
+            }, required=["target", "patch"]), minItems=1, maxItems=32),
+        }, required=["agentSelector", "patches"]),
+        maxItems=32, default=[]),
     "rollout": obj("Staged rollout of each new version across the targeted agents. Without it (or with"
                    " maxUnavailable 100% and no pause) every agent gets a new version at once.", {
                        "maxUnavailable": any_value(

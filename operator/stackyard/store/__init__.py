@@ -2,11 +2,11 @@
 
 from .agents import Agent
 from .base import Conflict, DatabaseTimeout, Immutable, NotFound, NotPermitted, NotTargeted, StoreError
-from .desired import DESIRED_STATE_SQL, DesiredStack
+from .desired import DESIRED_STATE_SQL, DesiredStack, Version
 from .events import EventIn, EventRow
 from .migrate import migrate
 from .sealed import SealedRow
-from .stacks import EMPTY_SHA256, LATEST_SQL, Content, DeploymentObject, EmitResult, sha256_hex
+from .stacks import EMPTY_SHA256, LATEST_SQL, Content, DeploymentObject, EmitResult, checksummed_text, sha256_hex
 from .store import TABLES, Store
 from .targets import TARGET_ROWS_SQL, TargetRow, target_row_id
 
@@ -18,6 +18,7 @@ __all__ = [
     "DatabaseTimeout",
     "DeploymentObject",
     "DesiredStack",
+    "Version",
     "EMPTY_SHA256",
     "EmitResult",
     "EventIn",
@@ -35,5 +36,6 @@ __all__ = [
     "TargetRow",
     "migrate",
     "sha256_hex",
+    "checksummed_text",
     "target_row_id",
 ]

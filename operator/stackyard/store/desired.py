@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg.rows import class_row
 
@@ -22,6 +23,11 @@ class DesiredStack:
     yaml_checksum: str
     yaml_content: str
     is_deletion_marker: bool
+    overlays: list[dict[str, Any]] | None = None  # the version's overlays (None: no per-agent rendering)
+    agent_labels: dict[str, str] | None = None  # the agent's labels, read with the version when it has overlays
+
+
+Version = tuple[uuid.UUID, uuid.UUID, "dict[str, str] | None"]
 
 
 class DesiredStateQueries(StoreBase):
@@ -36,11 +42,12 @@ class DesiredStateQueries(StoreBase):
             cur = conn.cursor(row_factory=class_row(DesiredStack))
             return await (await cur.execute(DESIRED_STATE_SQL, (agent_name, cluster_name))).fetchall()
 
-    async def desired_versions(self, agent_name: str, cluster_name: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """(stack id, deployment object id) of the desired state, without the YAML: enough for an ETag."""
+    async def desired_versions(self, agent_name: str, cluster_name: str) -> list[Version]:
+        """(stack id, deployment object id, the agent's labels when that version has overlays) of the desired
+        state, without the YAML: enough for an ETag (an agent's rendering depends on nothing else)."""
         async with self.connection() as conn:
             rows = await (await conn.execute(DESIRED_VERSIONS_SQL, (agent_name, cluster_name))).fetchall()
-            return [(stack_id, do_id) for stack_id, do_id in rows]
+            return [(stack_id, do_id, labels) for stack_id, do_id, labels in rows]
 
 
 # The version released to each target (agent_targets.released_sequence; NULL: the latest), and the deletion
@@ -51,6 +58,13 @@ _RELEASED = """
          ORDER BY sequence_id DESC
          LIMIT 1) d"""
 
+# The agent's labels, for a version with overlays only (its rendering depends on them; other versions do not).
+_LABELS = """
+       CASE WHEN d.overlays IS NOT NULL THEN
+            (SELECT a.selector_labels FROM agents a
+              WHERE a.name = t.agent_name AND a.cluster_name = t.cluster_name AND a.deleted_at IS NULL)
+       END AS agent_labels"""
+
 # A deleting agent (its Agent resource is being deleted) gets an empty desired state: it removes what it holds.
 _NOT_DELETING = """
    AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.name = t.agent_name AND a.cluster_name = t.cluster_name
@@ -58,22 +72,23 @@ _NOT_DELETING = """
 
 DESIRED_STATE_SQL = """
 SELECT s.id AS stack_id, s.name AS stack_name, s.deleted_at IS NOT NULL AS stack_deleted,
-       d.id AS deployment_object_id, d.sequence_id, d.yaml_checksum, d.yaml_content, d.is_deletion_marker
+       d.id AS deployment_object_id, d.sequence_id, d.yaml_checksum, d.yaml_content, d.is_deletion_marker,
+       d.overlays,""" + _LABELS + """
   FROM agent_targets t
   JOIN stacks s ON s.id = t.stack_id
   CROSS JOIN LATERAL (
-        SELECT id, sequence_id, yaml_checksum, yaml_content, is_deletion_marker
+        SELECT id, sequence_id, yaml_checksum, yaml_content, is_deletion_marker, overlays
           FROM deployment_objects""" + _RELEASED + """
  WHERE t.agent_name = %s AND t.cluster_name = %s""" + _NOT_DELETING + """
  ORDER BY s.name, s.id
 """
 
 DESIRED_VERSIONS_SQL = """
-SELECT s.id, d.id
+SELECT s.id, d.id,""" + _LABELS + """
   FROM agent_targets t
   JOIN stacks s ON s.id = t.stack_id
   CROSS JOIN LATERAL (
-        SELECT id FROM deployment_objects""" + _RELEASED + """
+        SELECT id, overlays FROM deployment_objects""" + _RELEASED + """
  WHERE t.agent_name = %s AND t.cluster_name = %s""" + _NOT_DELETING + """
  ORDER BY s.name, s.id
 """

@@ -31,6 +31,7 @@ class EventIn:
     status: str
     message: str
     details: Mapping[str, Any] | None = None
+    checksum: str | None = None  # of the content the agent received (its rendering)
 
 
 class EventQueries(StoreBase):
@@ -92,10 +93,10 @@ class EventQueries(StoreBase):
             async with conn.cursor() as cur:
                 for event in events:
                     await cur.execute(
-                        "INSERT INTO agent_events (agent_id, deployment_object_id, event_type, status, message, details)"
-                        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                        "INSERT INTO agent_events (agent_id, deployment_object_id, event_type, status, message, details,"
+                        " checksum) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
                         (agent.id, event.deployment_object_id, event.event_type, event.status, event.message,
-                         Jsonb(dict(event.details)) if event.details is not None else None),
+                         Jsonb(dict(event.details)) if event.details is not None else None, event.checksum),
                     )
                     inserted = await cur.fetchone()
                     assert inserted is not None  # INSERT ... RETURNING always returns the row

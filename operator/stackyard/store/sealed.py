@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from .base import StoreBase
 
@@ -15,6 +16,7 @@ class SealedRow:
     sequence_id: int
     yaml_content: str
     key_id: str
+    overlays: list[dict[str, Any]] | None
 
 
 class SealedQueries(StoreBase):
@@ -24,7 +26,7 @@ class SealedQueries(StoreBase):
         """Up to `limit` sealed deployment objects not sealed with `key_id`, in sequence order after one."""
         async with self.connection() as conn:
             rows = await (await conn.execute(
-                "SELECT id, sequence_id, yaml_content, key_id FROM deployment_objects"
+                "SELECT id, sequence_id, yaml_content, key_id, overlays FROM deployment_objects"
                 " WHERE key_id IS NOT NULL AND key_id <> %s AND sequence_id > %s ORDER BY sequence_id LIMIT %s",
                 (key_id, after_sequence, limit))).fetchall()
             return [SealedRow(*row) for row in rows]

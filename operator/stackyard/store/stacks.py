@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,21 +35,31 @@ class DeploymentObject:
     is_deletion_marker: bool
     yaml_content: str
     key_id: str | None = None  # the key its Secret values are sealed with (None: no Secret data)
+    overlays: list[dict[str, Any]] | None = None  # per-agent patches, validated (None: every agent gets the YAML)
 
 
 @dataclass(frozen=True)
 class Content:
     """What a new deployment object stores: its YAML (Secret values sealed), its checksum (a keyed HMAC when it
-    holds Secret data: the caller computes it, holding the key), and the id of the sealing key."""
+    holds Secret data: the caller computes it, holding the key), the id of the sealing key, and its overlays
+    (which the checksum covers)."""
 
     yaml: str
     checksum: str
     key_id: str | None = None
+    overlays: list[dict[str, Any]] | None = None
 
     @classmethod
-    def plain(cls, yaml_text: str) -> "Content":
-        """Content without Secret data: its checksum is the sha256 of the YAML."""
-        return cls(yaml_text, sha256_hex(yaml_text))
+    def plain(cls, yaml_text: str, overlays: list[dict[str, Any]] | None = None) -> "Content":
+        """Content without Secret data: its checksum is the sha256 of the YAML (and of its overlays)."""
+        return cls(yaml_text, sha256_hex(checksummed_text(yaml_text, overlays)), None, overlays)
+
+
+def checksummed_text(yaml_text: str, overlays: list[dict[str, Any]] | None) -> str:
+    """What a version's checksum covers: its YAML, and its overlays as canonical JSON when it has any."""
+    if not overlays:
+        return yaml_text
+    return yaml_text + "\n# overlays\n" + json.dumps(overlays, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -217,9 +228,10 @@ async def _emit(conn: psycopg.AsyncConnection[Any], stack_id: uuid.UUID, content
         return EmitResult(latest, created=False)
     created: DeploymentObject | None = await (
         await cur.execute(
-            "INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum, key_id)"
-            f" VALUES (%s, %s, %s, %s) RETURNING {columns(DeploymentObject)}",
-            (stack_id, content.yaml, checksum, content.key_id),
+            "INSERT INTO deployment_objects (stack_id, yaml_content, yaml_checksum, key_id, overlays)"
+            f" VALUES (%s, %s, %s, %s, %s) RETURNING {columns(DeploymentObject)}",
+            (stack_id, content.yaml, checksum, content.key_id,
+             Jsonb(content.overlays) if content.overlays is not None else None),
         )
     ).fetchone()
     assert created is not None  # INSERT ... RETURNING always returns the row

@@ -41,6 +41,8 @@ class TargetRow:
     health_sequence_id: int | None = None  # the version that summary is about
     drift_time: datetime | None = None  # the agent's latest DRIFT event on this stack
     drift_message: str | None = None
+    agent_labels: Mapping[str, str] | None = None  # the Agent's metadata.labels (overlays select by them)
+    event_checksum: str | None = None  # the checksum of what the agent received, as its latest event says
 
 
 
@@ -117,6 +119,14 @@ class TargetQueries(StoreBase):
             cur = conn.cursor(row_factory=class_row(TargetRow))
             return await (await cur.execute(TARGET_ROWS_SQL, (stack_id, agent_name, agent_name, cluster_name, cluster_name))).fetchall()
 
+    async def stacks_of_agent(self, agent_name: str, cluster_name: str) -> list[uuid.UUID]:
+        """The stacks targeted to one agent."""
+        async with self.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT DISTINCT stack_id FROM agent_targets WHERE agent_name = %s AND cluster_name = %s",
+                (agent_name, cluster_name))).fetchall()
+            return [row[0] for row in rows]
+
     async def targets_of_stack(self, stack_id: uuid.UUID) -> list[tuple[str, str]]:
         """(agent name, cluster name) of every target of a stack."""
         async with self.connection() as conn:
@@ -133,12 +143,13 @@ SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS a
        e.status AS event_status, e.message AS event_message, e.created_at AS event_time,
        e.sequence_id AS event_sequence_id, t.id AS target_id, t.released_sequence,
        h.details AS health_details, h.sequence_id AS health_sequence_id,
-       dr.created_at AS drift_time, dr.message AS drift_message
+       dr.created_at AS drift_time, dr.message AS drift_message, a.selector_labels AS agent_labels,
+       e.checksum AS event_checksum
   FROM agent_targets t
   LEFT JOIN agents a
          ON a.name = t.agent_name AND a.cluster_name = t.cluster_name AND a.deleted_at IS NULL
   LEFT JOIN LATERAL (
-        SELECT ev.status, ev.message, ev.created_at, d.sequence_id
+        SELECT ev.status, ev.message, ev.created_at, ev.checksum, d.sequence_id
           FROM agent_events ev JOIN deployment_objects d ON d.id = ev.deployment_object_id
          WHERE ev.id = t.last_event_id AND ev.agent_id = a.id) e ON true
   LEFT JOIN LATERAL (

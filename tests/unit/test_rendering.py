@@ -1,4 +1,4 @@
-"""The API's opener of sealed content: opened once per deployment object, within a budget, never without a key."""
+"""The API's renderer: sealed content opened once per deployment object, within a budget, never without a key."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from stackyard.api.sealed import KeyUnavailable, Opener
+from stackyard.api.rendering import KeyUnavailable, Renderer
 from stackyard.encryption import Keyring, generate_key_file, seal_content
 
 CONTENT = "---\napiVersion: v1\ndata:\n  password: aHVudGVyMg==\nkind: Secret\nmetadata:\n  name: s\n"
@@ -20,9 +20,9 @@ def keyring(tmp_path) -> Keyring:
 
 def test_each_deployment_object_is_opened_once_and_kept_within_the_budget(keyring, monkeypatch):
     sealed = seal_content(keyring, CONTENT)
-    opener = Opener(keyring, budget=len(CONTENT) * 2)
+    opener = Renderer(keyring, budget=len(CONTENT) * 2)
     opens = []
-    monkeypatch.setattr("stackyard.api.sealed.open_content", lambda k, c: opens.append(c) or CONTENT)
+    monkeypatch.setattr("stackyard.api.rendering.open_content", lambda k, c: opens.append(c) or CONTENT)
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     assert opener.open(first, "sum", sealed) == CONTENT
     assert opener.open(first, "sum", sealed) == CONTENT
@@ -39,7 +39,7 @@ def test_each_deployment_object_is_opened_once_and_kept_within_the_budget(keyrin
 def test_without_the_key_nothing_is_opened(keyring, tmp_path):
     sealed = seal_content(keyring, CONTENT)
     with pytest.raises(KeyUnavailable, match="no encryption key"):
-        Opener(None).open(uuid.uuid4(), "sum", sealed)
+        Renderer(None).open(uuid.uuid4(), "sum", sealed)
     generate_key_file(tmp_path / "other")
     with pytest.raises(KeyUnavailable, match=keyring.current_id):
-        Opener(Keyring.from_file(tmp_path / "other")).open(uuid.uuid4(), "sum", sealed)
+        Renderer(Keyring.from_file(tmp_path / "other")).open(uuid.uuid4(), "sum", sealed)
