@@ -5,8 +5,10 @@ for the API server, over real HTTP, in its own thread and event loop. It adds:
 metadata.uid, resourceVersion (bumped on every write), generation (bumped on
 spec changes), creationTimestamp, generateName, JSON-patch with a 422 for a
 failed `test`, merge patches that delete keys set to null, status-subresource
-semantics, and create-or-patch for server-side apply. It does not validate
-schemas (tests validate against the CRD schemas themselves).
+semantics, create-or-patch for server-side apply, pruning and validation of
+custom resources by their structural schema (tests/structural.py), label
+validation, RBAC escalation prevention, and, when `enforce_rbac` is called,
+authorization and impersonation as the API server does them (tests/rbac.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import kmock
 import yaml
 from kmock._internal import enums
 
+from .rbac import RBAC_GROUP, Authorizer, User, service_account
 from .structural import apply_schema
 
 T = TypeVar("T")
@@ -149,7 +152,6 @@ def invalid_labels(labels: Any) -> str | None:
     return None
 
 
-RBAC_GROUP = "rbac.authorization.k8s.io"
 ROLE_KINDS = {"roles": "roles", "clusterroles": "clusterroles"}
 BINDINGS = {"rolebindings", "clusterrolebindings"}
 
@@ -194,6 +196,63 @@ class Emulator(kmock.KubernetesEmulator):
     accept_token: Callable[[str], bool] | None = None
     # The structural schema of each custom resource (register_crd): the API server prunes and validates with it.
     schemas: dict[Any, dict[str, Any]]
+    # RBAC authorization and impersonation of every request (enforce_rbac), as the API server does them.
+    authorizer: Authorizer | None = None
+
+    def enforce_rbac(self, caller_rules: list[dict[str, Any]] | None,
+                     caller: User = service_account("stackyard-system", "stackyard-agent")) -> Authorizer:
+        """From now on authorize every request: the caller (whoever connects) holds `caller_rules` (None:
+        everything), an impersonated user what the RBAC objects stored here grant it (tests/rbac.py)."""
+
+        def lookup(plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+            return self._stored((kmock.resource(RBAC_GROUP, "v1", plural), namespace, name))
+
+        def listing(plural: str) -> list[tuple[str | None, dict[str, Any]]]:
+            wanted = kmock.resource(RBAC_GROUP, "v1", plural)
+            return [(ns, o.raw) for (r, ns, _), o in list(self._objects.items()) if r == wanted and not o.deleted]
+
+        self.authorizer = Authorizer(caller, caller_rules, lookup, listing)
+        return self.authorizer
+
+    def _stored(self, key: tuple[Any, str | None, str | None]) -> dict[str, Any] | None:
+        """The live object under (resource, namespace, name), or None."""
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return self._objects[key].raw
+
+    def _authorize(self, request: kmock.Request, method: str) -> tuple[User | None, aiohttp.web.StreamResponse | None]:
+        """(the user the request acts as, a 403 when RBAC or impersonation refuses it): tests/rbac.py."""
+        if self.authorizer is None:
+            return None, None
+        headers = request.headers
+        raw = getattr(request, "_raw_request", None)  # kmock keeps one value per header; a group may repeat
+        groups = (raw.headers.getall("Impersonate-Group", []) if raw is not None
+                  else [headers["Impersonate-Group"]] if "Impersonate-Group" in headers else [])
+        user, refused = self.authorizer.impersonated(headers.get("Impersonate-User"), list(groups))
+        if refused is not None:
+            return user, _status(403, "Forbidden", refused)
+        match = NAMESPACE_PATH.match(request.url.path)
+        if match is not None:
+            group, plural, namespace, name = "", "namespaces", None, match.group(1)
+        elif request.resource is not None and isinstance(getattr(request.resource, "plural", None), str):
+            group, plural = request.resource.group or "", request.resource.plural
+            namespace, name = request.namespace, request.name
+        else:
+            return user, None
+        if request.subresource:
+            plural = f"{plural}/{request.subresource}"
+        verbs = {"GET": "get" if name else ("watch" if request.params.get("watch") in ("true", "1") else "list"),
+                 "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        wanted = [verbs.get(method, method.lower())]
+        if method == "PATCH" and "apply-patch" in headers.get("Content-Type", "") and match is None:
+            if self._stored((request.resource, namespace, name)) is None:
+                wanted.append("create")  # an apply that creates is authorized as a create too
+        for verb in wanted:
+            if not self.authorizer.can(user, verb, group, plural, namespace, name):
+                return user, _status(403, "Forbidden",
+                                     self.authorizer.forbidden(user, verb, group, plural, namespace, name))
+            self.authorizer.allowed.append((user.name, verb, plural, name))
+        return user, None
 
     def _structured(self, resource: Any, obj: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """`obj` as the API server stores a custom resource: fields its schema lacks dropped, and a 422 reason
@@ -210,11 +269,13 @@ class Emulator(kmock.KubernetesEmulator):
         self.__dict__.setdefault("_faults", []).append(
             {"method": method, "path": path_contains, "status": status, "times": times, "headers": headers or {}})
 
-    def _escalation(self, request: kmock.Request, body: Any) -> aiohttp.web.StreamResponse | None:
+    def _escalation(self, request: kmock.Request, body: Any, user: User | None = None) -> aiohttp.web.StreamResponse | None:
         resource = getattr(request.resource, "plural", None)
-        if self.held_rules is None or getattr(request.resource, "group", None) != RBAC_GROUP or not isinstance(body, dict):
-            return None
         held = self.held_rules
+        if self.authorizer is not None and user is not None:  # the rules of whoever the request acts as
+            held = self.authorizer.rules(user, request.namespace)
+        if held is None or getattr(request.resource, "group", None) != RBAC_GROUP or not isinstance(body, dict):
+            return None
         if resource in ROLE_KINDS and not _covers(held, RBAC_GROUP, resource, "escalate"):
             if not _all_covered(held, body.get("rules") or []):
                 return _status(403, "Forbidden", f"{resource} {request.name!r} is forbidden: user is attempting to"
@@ -224,8 +285,8 @@ class Emulator(kmock.KubernetesEmulator):
             plural = "clusterroles" if ref.get("kind") == "ClusterRole" else "roles"
             if not _covers(held, RBAC_GROUP, plural, "bind"):
                 namespace = None if plural == "clusterroles" else request.namespace
-                role = self._objects.get((kmock.resource(RBAC_GROUP, "v1", plural), namespace, ref.get("name")))
-                rules = role.raw.get("rules") if role is not None and not role.deleted else None
+                role = self._stored((kmock.resource(RBAC_GROUP, "v1", plural), namespace, ref.get("name")))
+                rules = role.get("rules") if role is not None else None
                 if rules is None or not _all_covered(held, rules):
                     return _status(403, "Forbidden", f"{resource} {request.name!r} is forbidden: user is attempting"
                                                       " to grant RBAC permissions not currently held")
@@ -312,10 +373,13 @@ class Emulator(kmock.KubernetesEmulator):
                 return response
         if self.forbid is not None and self.forbid(method, request.url.path, request.headers.get("User-Agent", "")):
             return _status(403, "Forbidden", f"{method} {request.url.path} is forbidden for this user (test RBAC)")
+        user, refused = self._authorize(request, method)
+        if refused is not None:
+            return refused
         match = NAMESPACE_PATH.match(request.url.path)
         if match is not None:
             return await self._namespaces(request, match.group(1))
-        refused = self._escalation(request, request.data) if request.action in (
+        refused = self._escalation(request, request.data, user) if request.action in (
             enums.action.CREATE, enums.action.UPDATE) else None
         if refused is not None:
             return refused

@@ -85,7 +85,10 @@ def test_helm_lint_passes():
     (("mode=agent", "agent.brokerUrl=https://stackyard.example.com", "agent.caBundle.configMap=stackyard-ca"),
      "examples/agent-private-ca"),
     (("encryption.existingSecret=stackyard-encryption",), "examples/encrypted-install"),
-], ids=["operator", "agent", "operator-tls", "agent-private-ca", "operator-encryption"])
+    (("mode=agent", "agent.brokerUrl=https://stackyard.example.com", "agent.impersonation.leastPrivilege=true",
+      "agent.impersonation.serviceAccounts[0].namespace=team-a",
+      "agent.impersonation.serviceAccounts[0].name=team-a-deployer"), "examples/agent-impersonation"),
+], ids=["operator", "agent", "operator-tls", "agent-private-ca", "operator-encryption", "agent-impersonation"])
 def test_chart_and_kustomize_render_the_same_objects(values, manifests):
     chart = by_kind_and_name(helm_template(*values))
     kust = by_kind_and_name(kustomize(ROOT / manifests))

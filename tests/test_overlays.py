@@ -43,11 +43,18 @@ OVERLAYS = [
 
 
 async def state_of(api_url: str, token: str) -> dict:
-    """The agent's target state, through the real agent API."""
-    async with aiohttp.ClientSession() as http, http.get(
-            f"{api_url}/api/v1/agents/self/target-state", headers={"Authorization": f"Bearer {token}"}) as response:
-        assert response.status == 200
-        return (await response.json())["stacks"][0]
+    """The agent's one Stack in its target state, through the real agent API, once the target is bound.
+
+    The Stack is Ready once its version is stored; binding the AgentTarget to the agents is a separate step.
+    """
+    async def bound() -> dict | None:
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{api_url}/api/v1/agents/self/target-state", headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200
+            stacks = (await response.json())["stacks"]
+            return stacks[0] if stacks else None
+
+    return await eventually(bound)
 
 
 def objects(stack: dict) -> dict[str, dict]:

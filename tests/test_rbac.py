@@ -11,6 +11,7 @@ from stackyard.kube import KUBE_CALLS
 from .builders import configmap
 from .emulator import ROOT
 from .operator_harness import AGENT_TARGETS, AGENTS, STACKS
+from .test_packaging import kustomize
 
 
 def granted(path) -> set[tuple[str, str, str]]:
@@ -35,6 +36,13 @@ def test_operator_rbac_is_exactly_the_listed_calls():
 
 def test_agent_rbac_is_exactly_the_listed_calls():
     assert granted(ROOT / "manifests/agent/rbac.yaml") == listed("agent")
+
+
+def test_an_impersonating_agent_holds_no_right_to_apply_of_its_own(tmp_path):
+    rendered = tmp_path / "agent.yaml"
+    rendered.write_text(yaml.safe_dump_all(kustomize(ROOT / "examples/agent-impersonation")))
+    assert granted(rendered) == listed("agent-least-privilege")
+    assert not any(verb in ("escalate", "bind") or resource == "*" for verb, _group, resource in granted(rendered))
 
 
 def test_secrets_are_read_for_stacks_and_never_deleted_and_the_readme_says_why():

@@ -33,6 +33,8 @@ EXPECTED = {
         "selector_labels": ("jsonb", None),  # beyond the data design: metadata.labels, for agentSelector
         # beyond the data design: what the agent holds (its heartbeat), and when its Agent began to be deleted
         "held_stacks": ("integer", None), "deleting_since": TS,
+        # beyond the data design: least privilege in the target cluster (service accounts to impersonate)
+        "impersonate": ("jsonb", None), "impersonation_required": ("boolean", None),
     },
     "deployment_objects": {
         "id": UUID, "created_at": TS, "updated_at": TS, "deleted_at": TS, "sequence_id": ("bigint", None),

@@ -167,6 +167,13 @@ CALL_ERRORS: tuple[type[BaseException], ...] = (DynamicApiError, ResourceNotFoun
                                                 OSError)
 
 
+def impersonating(user: str | None) -> dict[str, str]:
+    """The headers of a request made as `user` (Kubernetes user impersonation: for a service account user
+    `system:serviceaccount:<ns>:<name>` the API server adds its groups itself). A fresh dict per call: the
+    client adds its own headers to it."""
+    return {"Impersonate-User": user} if user else {}
+
+
 class Kube:
     """Async access to one API server through the official client (one per process and credential)."""
 
@@ -224,13 +231,14 @@ class Kube:
     def _namespace(self, resource: Resource, namespace: str | None) -> str | None:
         return namespace if resource.namespaced else None
 
-    async def get(self, ref: Ref) -> dict[str, Any] | None:
-        """The object, or None when it does not exist."""
+    async def get(self, ref: Ref, as_user: str | None = None) -> dict[str, Any] | None:
+        """The object, or None when it does not exist (read as `as_user`, impersonated, when given)."""
 
         def call() -> dict[str, Any] | None:
             resource = self._resource(ref.api_version, ref.kind)
             try:
-                return self._client().get(resource, name=ref.name, namespace=self._namespace(resource, ref.namespace)).to_dict()
+                return self._client().get(resource, name=ref.name, namespace=self._namespace(resource, ref.namespace),
+                                          header_params=impersonating(as_user)).to_dict()
             except NotFoundError:
                 return None
 
@@ -248,8 +256,10 @@ class Kube:
 
         return await self.run(call)
 
-    async def apply(self, body: Mapping[str, Any], field_manager: str, force: bool = True) -> dict[str, Any]:
-        """Server-side apply of `body` (apiVersion, kind, metadata.name and, if namespaced, metadata.namespace).
+    async def apply(self, body: Mapping[str, Any], field_manager: str, force: bool = True,
+                    as_user: str | None = None) -> dict[str, Any]:
+        """Server-side apply of `body` (apiVersion, kind, metadata.name and, if namespaced, metadata.namespace),
+        as `as_user` (impersonated) when given.
 
         The body is sent as UTF-8 JSON text, not `\\uXXXX` escapes: the API server parses an apply
         body as YAML, which refuses the surrogate pairs a default JSON encoder writes for emoji.
@@ -261,7 +271,7 @@ class Kube:
             return self._client().server_side_apply(
                 resource, body=json.dumps(body, ensure_ascii=False), name=meta["name"],
                 namespace=self._namespace(resource, meta.get("namespace")), field_manager=field_manager,
-                force_conflicts="true" if force else None,
+                force_conflicts="true" if force else None, header_params=impersonating(as_user),
             ).to_dict()
 
         return await self.run(call)
@@ -289,8 +299,9 @@ class Kube:
 
         return await self.run(call)
 
-    async def delete(self, ref: Ref, propagation: str = "Background") -> bool:
-        """Delete; False when it was already gone (or its kind is no longer served)."""
+    async def delete(self, ref: Ref, propagation: str = "Background", as_user: str | None = None) -> bool:
+        """Delete (as `as_user`, impersonated, when given); False when it was already gone (or its kind is no
+        longer served)."""
 
         def call() -> bool:
             try:
@@ -299,7 +310,7 @@ class Kube:
                 return False  # the kind is gone, and so are its objects
             try:
                 self._client().delete(resource, name=ref.name, namespace=self._namespace(resource, ref.namespace),
-                                      propagation_policy=propagation)
+                                      propagation_policy=propagation, header_params=impersonating(as_user))
             except NotFoundError:
                 return False
             return True
@@ -341,4 +352,9 @@ KUBE_CALLS: tuple[tuple[str, str, str, str], ...] = (
     ("agent", "escalate", "rbac.authorization.k8s.io", "clusterroles"),
     ("agent", "bind", "rbac.authorization.k8s.io", "roles"),
     ("agent", "bind", "rbac.authorization.k8s.io", "clusterroles"),
+    # with every stack impersonated (Agent spec.impersonationRequired; manifests/agent/components/impersonation):
+    # its inventories, a shipped CRD's status, and acting as the mapped service accounts, nothing else
+    *((("agent-least-privilege", verb, "", "configmaps") for verb in ("list", "get", "create", "patch", "delete"))),
+    ("agent-least-privilege", "get", "apiextensions.k8s.io", "customresourcedefinitions"),
+    ("agent-least-privilege", "impersonate", "", "serviceaccounts"),
 )

@@ -139,6 +139,25 @@ class WireStack:
     # This agent's rendering failed (an overlay's variable it has no value for): `yaml` is empty, and the agent
     # keeps what it applied and reports the failure.
     render_error: str | None = None
+    # As whom the agent applies, prunes and deletes this stack's objects: {"serviceAccount": {"namespace", "name"}}
+    # (impersonated), {"refused": why} (the Agent requires impersonation and maps nothing: apply nothing), or
+    # None (as the agent itself).
+    impersonate: Mapping[str, Any] | None = None
+
+    @property
+    def blocked(self) -> str | None:
+        """Why this agent must not apply this stack now (it keeps what it applied), or None."""
+        if self.render_error is not None:
+            return self.render_error
+        if self.impersonate is not None and self.impersonate.get("refused"):
+            return str(self.impersonate["refused"])
+        return None
+
+    @property
+    def service_account_user(self) -> str | None:
+        """The user to impersonate for this stack (`system:serviceaccount:<ns>:<name>`), or None."""
+        account = (self.impersonate or {}).get("serviceAccount")
+        return f"system:serviceaccount:{account['namespace']}:{account['name']}" if account else None
 
     def to_json(self) -> dict[str, Any]:
         body = {
@@ -151,13 +170,16 @@ class WireStack:
         }
         if self.render_error is not None:
             body["renderError"] = self.render_error
+        if self.impersonate is not None:
+            body["impersonate"] = dict(self.impersonate)
         return body
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> "WireStack":
         do = entry["deploymentObject"]
         return cls(entry["stackId"], entry["stackName"], bool(entry.get("deleted")), do["id"], do["sequenceId"],
-                   do["checksum"], do["isDeletionMarker"], do["yaml"], entry.get("renderError"))
+                   do["checksum"], do["isDeletionMarker"], do["yaml"], entry.get("renderError"),
+                   entry.get("impersonate"))
 
 
 def target_state_document(agent_id: str, stacks: list[WireStack]) -> dict[str, Any]:
@@ -272,6 +294,18 @@ TARGET_STATE: dict[str, Any] = {
                     "renderError": {"type": "string", "description": "this agent's rendering of the stack's"
                                     " overlays failed (a variable it has no value for); yaml is empty and the"
                                     " agent keeps what it applied"},
+                    "impersonate": {
+                        "type": "object",
+                        "description": "as whom the agent applies, prunes and deletes this stack's objects (the"
+                                       " Agent's spec.impersonate); refused: the Agent requires impersonation and"
+                                       " maps no service account to the stack's namespace, so nothing is applied",
+                        "properties": {
+                            "serviceAccount": {"type": "object", "required": ["namespace", "name"],
+                                               "properties": {"namespace": {"type": "string"},
+                                                              "name": {"type": "string"}}},
+                            "refused": {"type": "string"},
+                        },
+                    },
                     "deploymentObject": {
                         "type": "object",
                         "required": ["id", "sequenceId", "checksum", "isDeletionMarker", "yaml"],

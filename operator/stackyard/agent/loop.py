@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backoff import Backoff
-from ..kube import CALL_ERRORS, Kube, Ref, describe
+from ..kube import CALL_ERRORS, DynamicApiError, Kube, Ref, describe
 from ..protocol import (
     DRIFT_EVENT,
     HEALTH_EVENT,
@@ -48,8 +48,24 @@ log = logging.getLogger(__name__)
 FIELD_MANAGER = "stackyard-agent"
 
 
+def left_behind(left: list[str]) -> str:
+    """The part of an event's message naming objects an impersonated account may not delete."""
+    if not left:
+        return ""
+    more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+    return f"; left in place (its service account may not delete them): {', '.join(left[:3])}{more}"
+
+
 class ApplyFailed(Exception):
-    """Applying or deleting one object failed; the message names the object and the API server's answer."""
+    """Applying or deleting one object failed; the message names the object and the API server's answer
+    (`status`, when it gave one)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+FORBIDDEN = 403
 
 
 @dataclass
@@ -192,8 +208,8 @@ class StackAgent:
     async def _delete_dead_stack(self, deletion: Deletion) -> bool:
         """Remove what a dead stack left (the planner already spared what live stacks claim); True when done."""
         inventory, marker = deletion.inventory, deletion.marker
-        try:
-            removed = await self._delete_objects(deletion.objects)
+        try:  # as whom they were applied: a deletion never uses more rights than the apply had
+            removed, left = await self._delete_objects(deletion.objects, inventory.applied_as or None)
             await self.kube.delete(Ref("v1", "ConfigMap", inventory_name(deletion.stack_id), self.settings.namespace))
         except (ApplyFailed, *CALL_ERRORS) as exc:  # type: ignore[misc]  # a tuple of exception types
             message = str(exc) if isinstance(exc, ApplyFailed) else describe(exc)
@@ -203,10 +219,11 @@ class StackAgent:
                         message)
             return False
         reason = "deleted" if marker is not None else "no longer targeted to this agent"
-        log.info("stack %s is %s: removed %d objects", inventory.stack_name or deletion.stack_id, reason, removed)
+        outcome = f"removed {removed} objects" + left_behind(left)
+        log.info("stack %s is %s: %s", inventory.stack_name or deletion.stack_id, reason, outcome)
         self.dead_since.pop(deletion.stack_id, None)
         if marker is not None:
-            self._event(marker, "DELETE", "SUCCESS", f"removed {removed} objects")
+            self._event(marker, "DELETE", "SUCCESS", outcome)
             self.reported_markers.add(marker.deployment_object_id)
         return True
 
@@ -218,15 +235,25 @@ class StackAgent:
             new_refs = refs(objects)
             old_refs = inventory.objects if inventory else frozenset()
             await self._write_inventory(stack, old_refs | new_refs, applied=False)
-            pruned = await self._delete_objects(apply.prune)
-            drifted = []
-            for obj in objects:
-                found = await self._apply_object(stack, obj, compare=apply.repair)
+            pruned, left = await self._delete_objects(apply.prune, stack.service_account_user)
+            drifted, refused, never_created = [], [], set()
+            for obj in objects:  # one object refused (RBAC, admission) does not stop the others
+                try:
+                    found = await self._apply_object(stack, obj, compare=apply.repair)
+                except ApplyFailed as exc:
+                    refused.append(str(exc))
+                    if exc.status == FORBIDDEN and ref_of(obj) not in old_refs:
+                        never_created.add(ref_of(obj))  # refused its creation: nothing of ours to prune later
+                    continue
                 if found is not None:
                     drifted.append(found)
                 if obj["kind"] == "CustomResourceDefinition":
                     await self._wait_established(obj)
-            await self._write_inventory(stack, new_refs, applied=True)
+            await self._write_inventory(stack, new_refs - never_created, applied=not refused)
+            if refused:
+                more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
+                raise ApplyFailed(f"{len(objects) - len(refused)}/{len(objects)} objects applied; "
+                                  + "; ".join(refused[:3]) + more)
         except (ApplyFailed, BadManifest) as exc:
             self._failed(stack, exc)
             return
@@ -241,7 +268,7 @@ class StackAgent:
                 await self._check_health(stack, objects)  # a repair cycle does not skip a health check due
             return
         self.metrics.applies_total.labels("success").inc()
-        message = f"applied {len(objects)} objects" + (f", pruned {pruned}" if pruned else "")
+        message = f"applied {len(objects)} objects" + (f", pruned {pruned}" if pruned else "") + left_behind(left)
         log.info("stack %s sequence %d: %s", stack.stack_name, stack.sequence_id, message)
         self._event(stack, "APPLY", "SUCCESS", message)
         self.health_due.pop(stack.deployment_object_id, None)
@@ -271,7 +298,8 @@ class StackAgent:
                 ref = ref_of(obj)
                 resource = await self.kube.resource(ref.api_version, ref.kind)
                 namespace = (ref.namespace or self.settings.default_namespace) if resource.namespaced else None
-                live = await self.kube.get(Ref(ref.api_version, ref.kind, ref.name, namespace))
+                live = await self.kube.get(Ref(ref.api_version, ref.kind, ref.name, namespace),
+                                           as_user=stack.service_account_user)
                 results.append((f"{ref.api_version}/{ref}", object_health(live)))
         except CALL_ERRORS as exc:
             log.info("health of stack %s: cannot read its objects (%s); will check again", stack.stack_name,
@@ -327,35 +355,51 @@ class StackAgent:
             body = decorate(obj, stack.stack_id, stack.deployment_object_id, stack.checksum)
             if resource.namespaced:
                 body["metadata"]["namespace"] = ref.namespace or self.settings.default_namespace
+            as_user = stack.service_account_user  # the Agent's spec.impersonate for the stack's namespace
             if compare:
-                live = await self.kube.get(Ref(ref.api_version, ref.kind, ref.name, body["metadata"].get("namespace")))
+                live = await self.kube.get(Ref(ref.api_version, ref.kind, ref.name, body["metadata"].get("namespace")),
+                                           as_user=as_user)
                 changed = drift(body, live, FIELD_MANAGER)
                 if changed is not None:
                     found = {"object": f"{ref.api_version}/{ref}", "kind": ref.kind, **changed}
-            await self.kube.apply(body, FIELD_MANAGER)
+            await self.kube.apply(body, FIELD_MANAGER, as_user=as_user)
         except CALL_ERRORS as exc:
-            raise ApplyFailed(f"{ref}: {describe(exc)}") from None
+            reason = describe(exc)
+            if "cannot impersonate" in reason:
+                reason += (" (the agent's service account needs the verb impersonate on it: the chart's"
+                           " agent.impersonation.serviceAccounts; README, \"Multi-tenancy\")")
+            raise ApplyFailed(f"{ref}: {reason}", getattr(exc, "status", None)) from None
         self.metrics.objects_applied_total.inc()
         return found
 
-    async def _delete_objects(self, doomed: frozenset[ObjectRef] | set[ObjectRef]) -> int:
-        """Delete objects (reverse of apply order); returns how many existed."""
-        removed = 0
+    async def _delete_objects(self, doomed: frozenset[ObjectRef] | set[ObjectRef],
+                              as_user: str | None = None) -> tuple[int, list[str]]:
+        """Delete objects (reverse of apply order, as `as_user` when given); returns how many existed, and the
+        objects an impersonated account may not delete: they are left where they are (least privilege: the
+        agent does not use its own rights instead) and reported, not retried forever."""
+        removed, left = 0, []
         order = sorted(doomed, key=lambda r: apply_rank(r.kind), reverse=True)
         for ref in order:
             namespace = ref.namespace or self.settings.default_namespace
             try:
-                deleted = await self.kube.delete(Ref(ref.api_version, ref.kind, ref.name, namespace))
+                deleted = await self.kube.delete(Ref(ref.api_version, ref.kind, ref.name, namespace), as_user=as_user)
+            except DynamicApiError as exc:
+                if exc.status == FORBIDDEN and as_user:
+                    left.append(str(ref))
+                    continue
+                raise ApplyFailed(f"deleting {ref}: {describe(exc)}", exc.status) from None
             except CALL_ERRORS as exc:
                 raise ApplyFailed(f"deleting {ref}: {describe(exc)}") from None
             if deleted:
                 removed += 1
                 self.metrics.objects_pruned_total.inc()
-        return removed
+        if left:
+            log.warning("left %d objects in place that %s may not delete: %s", len(left), as_user, ", ".join(left[:5]))
+        return removed, left
 
     async def _write_inventory(self, stack: WireStack, objects: frozenset[ObjectRef], applied: bool) -> None:
         inventory = Inventory(stack.stack_id, stack.stack_name, stack.deployment_object_id, stack.checksum,
-                              applied, frozenset(objects))
+                              applied, frozenset(objects), stack.service_account_user or "")
         await self.kube.apply(inventory.configmap(self.settings.namespace), FIELD_MANAGER)
 
     async def _wait_established(self, crd: dict[str, Any]) -> None:

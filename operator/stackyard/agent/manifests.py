@@ -87,6 +87,7 @@ class Inventory:
     checksum: str
     applied: bool
     objects: frozenset[ObjectRef]
+    applied_as: str = ""  # the user the objects were applied as (impersonated); "": the agent itself
 
     def configmap(self, namespace: str) -> dict[str, Any]:
         return {
@@ -105,6 +106,7 @@ class Inventory:
                 "checksum": self.checksum,
                 "applied": "true" if self.applied else "false",
                 "objects": json.dumps(sorted(r.to_json() for r in self.objects)),
+                "applied-as": self.applied_as,
             },
         }
 
@@ -119,6 +121,7 @@ class Inventory:
                 checksum=data.get("checksum", ""),
                 applied=data.get("applied") == "true",
                 objects=frozenset(ObjectRef.from_json(v) for v in json.loads(data.get("objects", "[]"))),
+                applied_as=data.get("applied-as", ""),
             )
         except (KeyError, ValueError, TypeError):
             return None

@@ -11,8 +11,9 @@ Rules (docs/architecture.md, "Agent"):
 - A stack already applied at its deployment object and checksum is not applied again until a drift repair
   is due (then its objects are compared first, to report drift); a failed one waits for its backoff. (The
   checksum changes without a new version when the agent's rendering of the stack's overlays does: relabelled.)
-- A stack whose rendering failed for this agent (`render_error`) is like one whose YAML cannot be read: what
-  it applied stays, nothing is pruned for it, and the failure is reported.
+- A stack blocked for this agent (its rendering failed, or the Agent requires impersonation and maps none to
+  the stack's namespace) is like one whose YAML cannot be read: what it applied stays, nothing is pruned for
+  it, and the reason is reported.
 - The health of an applied stack is checked when its check is due (right after an apply, then with
   backoff while it is not healthy, and at the drift interval once it is).
 """
@@ -80,8 +81,8 @@ def plan(
     markers = {s.stack_id: s for s in desired if s.is_deletion_marker}
     parsed: dict[str, list[dict[str, Any]] | BadManifest] = {}
     for stack_id, stack in live.items():
-        if stack.render_error is not None:  # this agent's rendering failed: keep what it has, say why
-            parsed[stack_id] = BadManifest(stack.render_error)
+        if stack.blocked is not None:  # not for this agent now (a failed rendering, a refused impersonation)
+            parsed[stack_id] = BadManifest(stack.blocked)
             continue
         try:
             parsed[stack_id] = parse_objects(stack.yaml)

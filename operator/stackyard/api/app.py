@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,22 +252,36 @@ def wire_stack(request: web.Request, agent: Agent, stack: DesiredStack) -> WireS
     except UndefinedVariable as exc:
         error = f"OverlayFailed: {exc}"
     return WireStack(str(stack.stack_id), stack.stack_name, stack.stack_deleted, str(stack.deployment_object_id),
-                     stack.sequence_id, checksum, stack.is_deletion_marker, content, error)
+                     stack.sequence_id, checksum, stack.is_deletion_marker, content, error,
+                     impersonation(stack.apply_as, stack.stack_name))
+
+
+def impersonation(apply_as: Mapping[str, Any] | None, stack_name: str) -> dict[str, Any] | None:
+    """How the agent applies a stack, as the agent contract says it (`WireStack.impersonate`)."""
+    if not apply_as:
+        return None
+    if apply_as.get("serviceAccount"):
+        return {"serviceAccount": dict(apply_as["serviceAccount"])}
+    namespace = stack_name.split("/", 1)[0]
+    return {"refused": f"ImpersonationRequired: the Agent requires impersonation and maps no service account to"
+                       f" namespace {namespace} (spec.impersonate): nothing of this stack is applied"}
 
 
 def state_etag(versions: list[Version]) -> str:
-    """A strong ETag over which deployment object each stack is at (and the agent's labels, for a version with
-    overlays: its rendering follows them)."""
+    """A strong ETag over which deployment object each stack is at, the agent's labels for a version with overlays
+    (its rendering follows them), and as whom the agent applies it."""
     digest = hashlib.sha256()
-    for stack_id, deployment_object_id, labels in versions:
+    for stack_id, deployment_object_id, labels, apply_as in versions:
         digest.update(f"{stack_id}:{deployment_object_id};".encode())
         if labels is not None:
             digest.update(json.dumps(labels, sort_keys=True).encode() + b";")
+        if apply_as is not None:
+            digest.update(json.dumps(apply_as, sort_keys=True).encode() + b";")
     return f'"{digest.hexdigest()[:32]}"'
 
 
 def _versions(stacks: list[DesiredStack]) -> list[Version]:
-    return [(s.stack_id, s.deployment_object_id, s.agent_labels if s.overlays else None) for s in stacks]
+    return [(s.stack_id, s.deployment_object_id, s.agent_labels if s.overlays else None, s.apply_as) for s in stacks]
 
 
 async def current_etag(store: Store, waiters: StateWaiters, key: tuple[str, str]) -> str:

@@ -82,12 +82,15 @@ async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body
     allowed = set(validate_namespaces(spec.get("allowedNamespaces"), "spec.allowedNamespaces"))
     namespace_selector = spec.get("allowedNamespaceSelector")
     if namespace_selector is not None:
-        query = selector_query(namespace_selector, "spec.allowedNamespaceSelector")
-        allowed |= {ns["metadata"]["name"] for ns in await kube.list("v1", "Namespace", label_selector=query)}
+        allowed |= await namespaces_matching(kube, namespace_selector, "spec.allowedNamespaceSelector")
+    impersonate = await impersonation_rules(kube, spec.get("impersonate"))
+    required = spec.get("impersonationRequired", False)
+    if not isinstance(required, bool):
+        raise InvalidSpec("InvalidSpec", "spec.impersonationRequired must be true or false")
     try:
         agent = await store.register_agent(uid_of(body), agent_name, cluster_name, labels, annotations,
                                            meta["namespace"], sorted(allowed - {meta["namespace"]}),
-                                           meta.get("labels") or {})
+                                           meta.get("labels") or {}, impersonate, required)
     except Conflict as exc:
         raise InvalidSpec("AgentNameConflict", str(exc)) from exc
     except Immutable as exc:
@@ -122,6 +125,36 @@ async def reconcile_agent(store: Store, kube: Kube, config: OperatorConfig, body
         milestones = (Milestone("KeyRotated" if rotate else "KeyIssued",
                                 f"API key {key_id} {what}; Secret {pak_secret_name(meta['name'])}"),)
     return Result(ready_outcome(message), status, milestones)
+
+
+async def namespaces_matching(kube: Kube, selector: Any, where: str) -> set[str]:
+    """Names of the management namespaces a label selector picks (needs `list namespaces`)."""
+    query = selector_query(selector, where)
+    return {ns["metadata"]["name"] for ns in await kube.list("v1", "Namespace", label_selector=query)}
+
+
+async def impersonation_rules(kube: Kube, entries: Any) -> list[dict[str, Any]]:
+    """`spec.impersonate` with its selectors resolved to namespace names, in order, as the store keeps it
+    (`stackyard_apply_as`, migration 0014), or InvalidSpec naming the entry."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise InvalidSpec("InvalidSpec", "spec.impersonate must be a list")
+    rules = []
+    for index, entry in enumerate(entries):
+        where = f"spec.impersonate[{index}]"
+        if not isinstance(entry, Mapping):
+            raise InvalidSpec("InvalidSpec", f"{where} must be an object with namespaces and serviceAccount")
+        names = set(validate_namespaces(entry.get("namespaces"), f"{where}.namespaces"))
+        if entry.get("namespaceSelector") is not None:
+            names |= await namespaces_matching(kube, entry["namespaceSelector"], f"{where}.namespaceSelector")
+        account = entry.get("serviceAccount")
+        if not isinstance(account, Mapping):
+            raise InvalidSpec("InvalidSpec", f"{where}.serviceAccount needs namespace and name")
+        rules.append({"namespaces": sorted(names), "serviceAccount": {
+            "namespace": required_name(account.get("namespace"), f"{where}.serviceAccount.namespace"),
+            "name": required_name(account.get("name"), f"{where}.serviceAccount.name")}})
+    return rules
 
 
 def agent_heartbeat_status(last_heartbeat: datetime | None, config: OperatorConfig,

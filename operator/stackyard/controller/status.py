@@ -47,7 +47,7 @@ def target_state(latest: DeploymentObject | None, row: TargetRow) -> tuple[str, 
         if on_latest and row.event_status == "SUCCESS":
             return "Applied", latest.sequence_id, "objects removed"
         return "Deleting", row.event_sequence_id, row.event_message or "waiting for the agent to remove the objects"
-    if not held and (failure := overlay_failure(latest, row)) is not None:
+    if not held and (failure := overlay_failure(latest, row) or impersonation_refused(row)) is not None:
         return "Failed", latest.sequence_id, failure
     if on_latest and row.event_status == "SUCCESS":
         return "Applied", latest.sequence_id, row.event_message or "applied"
@@ -70,6 +70,15 @@ def overlay_failure(latest: DeploymentObject, row: TargetRow) -> str | None:
     """`OverlayFailed: ...` when this agent cannot be given the latest version (a variable it has no value for)."""
     error = overlays_of(latest, row)[1]
     return None if error is None else f"OverlayFailed: {error}"
+
+
+def impersonation_refused(row: TargetRow) -> str | None:
+    """Why the agent applies nothing of this stack (its Agent requires impersonation and maps no service account
+    to the stack's namespace), or None."""
+    if not (row.apply_as or {}).get("refused"):
+        return None
+    return (f"ImpersonationRequired: Agent {row.agent_name} requires impersonation and its spec.impersonate maps"
+            " no service account to this Stack's namespace: nothing is applied")
 
 
 def health_of(row: TargetRow, sequence_id: int | None, failed: str | None = None) -> tuple[str, list[dict[str, Any]]]:

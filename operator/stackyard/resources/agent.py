@@ -6,6 +6,7 @@ from .schema import (
     DNS_LABEL,
     age_column,
     array,
+    boolean,
     column,
     conditions,
     crd,
@@ -36,6 +37,27 @@ SPEC = obj("Desired state of the agent registration.", {
     "allowedNamespaceSelector": label_selector(
         "Namespaces, by their labels, whose AgentTargets may ship stacks to this agent (besides allowedNamespaces)."
         " A standard label selector; re-evaluated when the Agent is reconciled and at every resync.", "a namespace"),
+    "impersonate": array(
+        "Least privilege in the target cluster: the agent applies, prunes and deletes the objects of a Stack from"
+        " management namespace N as the service account of the first entry that matches N (by name or by the"
+        " namespace's labels), impersonating it. No match: as the agent itself, unless impersonationRequired.",
+        obj(None, {
+            "namespaces": array("Management namespaces this entry maps.",
+                                string(minLength=1, maxLength=63, pattern=DNS_LABEL), maxItems=256, list_type="set"),
+            "namespaceSelector": label_selector("Management namespaces, by their labels, this entry maps"
+                                                " (re-evaluated at every reconcile and resync).", "a namespace"),
+            "serviceAccount": obj("The service account in the target cluster to act as.", {
+                "namespace": string("Its namespace in the target cluster.", minLength=1, maxLength=63,
+                                    pattern=DNS_LABEL),
+                "name": name("Its name."),
+            }, required=["namespace", "name"]),
+        }, required=["serviceAccount"], validations=[rule(
+            "has(self.namespaces) || has(self.namespaceSelector)",
+            "give namespaces, a namespaceSelector, or both")]),
+        maxItems=64, default=[]),
+    "impersonationRequired": boolean(
+        "Apply nothing from a namespace no impersonate entry matches (the Stack's agent entry says why), so the"
+        " agent's own ClusterRole can drop escalate, bind and the wildcard.", default=False),
 }, required=["clusterName"], validations=[rule("self.clusterName == oldSelf.clusterName", "clusterName is immutable")])
 
 STATUS = obj("Observed state, written by the operator only.", {

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
@@ -44,26 +45,33 @@ class AgentQueries(StoreBase):
         namespace: str | None = None,
         allowed_namespaces: Iterable[str] = (),
         selector_labels: Mapping[str, str] | None = None,
+        impersonate: Sequence[Mapping[str, Any]] = (),
+        impersonation_required: bool = False,
     ) -> Agent:
         """Create or update a live agent row with these labels, annotations and grants; Immutable on a rename.
 
         `namespace` is the Agent resource's; `allowed_namespaces` the namespaces it accepts targets from
-        besides its own. Targets it no longer permits are removed by the database.
+        besides its own. Targets it no longer permits are removed by the database. `impersonate` maps
+        namespaces to service accounts of the agent's cluster ({"namespaces": [...], "serviceAccount": {...}},
+        first match wins; `stackyard_apply_as`, migration 0014).
         """
         async with self.connection() as conn, conn.transaction():
             try:
                 cur = conn.cursor(row_factory=class_row(Agent))
                 agent = await (
                     await cur.execute(
-                        "INSERT INTO agents (id, name, cluster_name, namespace, allowed_namespaces, selector_labels)"
-                        " VALUES (%s, %s, %s, %s, %s, %s)"
+                        "INSERT INTO agents (id, name, cluster_name, namespace, allowed_namespaces, selector_labels,"
+                        " impersonate, impersonation_required) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                         " ON CONFLICT (id) DO UPDATE SET namespace = EXCLUDED.namespace,"
-                        " allowed_namespaces = EXCLUDED.allowed_namespaces, selector_labels = EXCLUDED.selector_labels"
+                        " allowed_namespaces = EXCLUDED.allowed_namespaces, selector_labels = EXCLUDED.selector_labels,"
+                        " impersonate = EXCLUDED.impersonate,"
+                        " impersonation_required = EXCLUDED.impersonation_required"
                         # name and cluster are fixed once the row exists: no row back means a rename was asked
                         " WHERE (agents.name, agents.cluster_name) = (EXCLUDED.name, EXCLUDED.cluster_name)"
                         f" RETURNING {AGENT_COLUMNS}",
                         (agent_id, name, cluster_name, namespace, sorted(set(allowed_namespaces)),
-                         Jsonb(dict(selector_labels or {}))),
+                         Jsonb(dict(selector_labels or {})), Jsonb([dict(rule) for rule in impersonate]),
+                         impersonation_required),
                     )
                 ).fetchone()
             except psycopg.errors.UniqueViolation as exc:

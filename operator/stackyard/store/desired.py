@@ -25,9 +25,11 @@ class DesiredStack:
     is_deletion_marker: bool
     overlays: list[dict[str, Any]] | None = None  # the version's overlays (None: no per-agent rendering)
     agent_labels: dict[str, str] | None = None  # the agent's labels, read with the version when it has overlays
+    apply_as: dict[str, Any] | None = None  # {"serviceAccount": {...}} or {"refused": true}; None: as the agent
 
 
-Version = tuple[uuid.UUID, uuid.UUID, "dict[str, str] | None"]
+# (stack id, deployment object id, the agent's labels when the version has overlays, how it applies it)
+Version = tuple[uuid.UUID, uuid.UUID, dict[str, str] | None, dict[str, Any] | None]
 
 
 class DesiredStateQueries(StoreBase):
@@ -43,11 +45,11 @@ class DesiredStateQueries(StoreBase):
             return await (await cur.execute(DESIRED_STATE_SQL, (agent_name, cluster_name))).fetchall()
 
     async def desired_versions(self, agent_name: str, cluster_name: str) -> list[Version]:
-        """(stack id, deployment object id, the agent's labels when that version has overlays) of the desired
-        state, without the YAML: enough for an ETag (an agent's rendering depends on nothing else)."""
+        """`Version`s of the desired state, without the YAML: enough for an ETag (what an agent receives depends
+        on nothing else)."""
         async with self.connection() as conn:
             rows = await (await conn.execute(DESIRED_VERSIONS_SQL, (agent_name, cluster_name))).fetchall()
-            return [(stack_id, do_id, labels) for stack_id, do_id, labels in rows]
+            return [(stack_id, do_id, labels, apply_as) for stack_id, do_id, labels, apply_as in rows]
 
 
 # The version released to each target (agent_targets.released_sequence; NULL: the latest), and the deletion
@@ -63,7 +65,8 @@ _LABELS = """
        CASE WHEN d.overlays IS NOT NULL THEN
             (SELECT a.selector_labels FROM agents a
               WHERE a.name = t.agent_name AND a.cluster_name = t.cluster_name AND a.deleted_at IS NULL)
-       END AS agent_labels"""
+       END AS agent_labels,
+       stackyard_apply_as(t.agent_name, t.cluster_name, t.namespace) AS apply_as"""
 
 # A deleting agent (its Agent resource is being deleted) gets an empty desired state: it removes what it holds.
 _NOT_DELETING = """

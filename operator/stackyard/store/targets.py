@@ -43,6 +43,7 @@ class TargetRow:
     drift_message: str | None = None
     agent_labels: Mapping[str, str] | None = None  # the Agent's metadata.labels (overlays select by them)
     event_checksum: str | None = None  # the checksum of what the agent received, as its latest event says
+    apply_as: Mapping[str, Any] | None = None  # how the agent applies this stack (stackyard_apply_as)
 
 
 
@@ -144,7 +145,7 @@ SELECT t.stack_id, t.agent_name, t.cluster_name, a.id AS agent_id, a.status AS a
        e.sequence_id AS event_sequence_id, t.id AS target_id, t.released_sequence,
        h.details AS health_details, h.sequence_id AS health_sequence_id,
        dr.created_at AS drift_time, dr.message AS drift_message, a.selector_labels AS agent_labels,
-       e.checksum AS event_checksum
+       e.checksum AS event_checksum, stackyard_apply_as(t.agent_name, t.cluster_name, t.namespace) AS apply_as
   FROM agent_targets t
   LEFT JOIN agents a
          ON a.name = t.agent_name AND a.cluster_name = t.cluster_name AND a.deleted_at IS NULL
