@@ -55,8 +55,8 @@ def normalize(doc: dict) -> dict:
         spec["template"].pop("metadata")
         for container in spec["template"]["spec"]["containers"]:
             container["env"] = sorted(container.get("env", []), key=lambda e: e["name"])
-    if d["kind"] == "Service":
-        spec.pop("selector")
+    if d["kind"] in ("Service", "ServiceMonitor"):
+        spec.pop("selector")  # each install's own label scheme: test_the_service_monitor_selects_the_service
     if d["kind"] == "ConfigMap":
         d["data"] = {key: yaml.safe_load(value) for key, value in d["data"].items()}
     return d
@@ -88,13 +88,37 @@ def test_helm_lint_passes():
     (("mode=agent", "agent.brokerUrl=https://stackyard.example.com", "agent.impersonation.leastPrivilege=true",
       "agent.impersonation.serviceAccounts[0].namespace=team-a",
       "agent.impersonation.serviceAccounts[0].name=team-a-deployer"), "examples/agent-impersonation"),
-], ids=["operator", "agent", "operator-tls", "agent-private-ca", "operator-encryption", "agent-impersonation"])
+    (("serviceMonitor.enabled=true", "prometheusRule.enabled=true", "grafanaDashboards.enabled=true"),
+     "examples/monitoring"),
+], ids=["operator", "agent", "operator-tls", "agent-private-ca", "operator-encryption", "agent-impersonation",
+        "operator-monitoring"])
 def test_chart_and_kustomize_render_the_same_objects(values, manifests):
     chart = by_kind_and_name(helm_template(*values))
     kust = by_kind_and_name(kustomize(ROOT / manifests))
     assert sorted(chart) == sorted(kust)
     for key in chart:
         assert chart[key] == kust[key], key
+
+
+def test_the_service_monitor_selects_the_service():
+    for docs in (helm_template("serviceMonitor.enabled=true"), kustomize(ROOT / "examples/monitoring")):
+        (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+        (service,) = [d for d in docs if d["kind"] == "Service"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        ports = {p["name"] for p in service["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+
+
+def test_the_chart_points_runbooks_where_it_is_told_and_labels_rules_for_the_rule_selector():
+    docs = helm_template("prometheusRule.enabled=true", "prometheusRule.labels.release=kube-prometheus-stack",
+                         "prometheusRule.runbookBaseUrl=https://wiki.example.com/stackyard/runbooks")
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    urls = [r["annotations"]["runbook_url"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert urls and all(url.startswith("https://wiki.example.com/stackyard/runbooks#stackyard") for url in urls)
+    assert not [d for d in helm_template("mode=agent", "agent.brokerUrl=https://sy.example.com",
+                                         "grafanaDashboards.enabled=true") if d["kind"] == "ConfigMap"
+                and d["metadata"]["name"].startswith("stackyard-dashboard")], "dashboards belong to the operator"
 
 
 def test_the_operator_deployment_never_overlaps_two_pods_on_the_embedded_database():

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import aiohttp
 import psycopg
 import pytest
 
-from stackyard.store import migrate
+from stackyard.config import OperatorConfig
+from stackyard.metrics import Metrics
+from stackyard.serve import agents_gauge_loop
+from stackyard.store import Store, migrate
 from stackyard.store.embedded import EmbeddedPostgres
 from stackyard.store.location import ensure_database
 
@@ -68,3 +74,31 @@ async def test_database_restart_during_the_loop(own_postgres, kube_server, clust
                 await agent.stop()
     finally:
         operator.stop()
+
+
+async def test_the_database_up_gauge_follows_the_operators_round_trips(own_postgres):
+    """`stackyard_database_up` (alert StackyardDatabaseUnreachable) drops to 0 while PostgreSQL is down and
+    returns to 1 without a restart."""
+    url = own_postgres.url("stackyard")
+    config = OperatorConfig(database_url=url, heartbeat_interval=0.2)
+    metrics = Metrics()
+    store = await Store.open(url, min_size=1, max_size=2, timeout=1.0, deadline=2.0)
+    loop = asyncio.create_task(agents_gauge_loop(store, config, metrics))
+
+    def up(expected: float):
+        async def check() -> bool:
+            return metrics.registry.get_sample_value("stackyard_database_up") == expected
+        return check
+
+    try:
+        await eventually(up(1.0))
+        own_postgres.stop()
+        await eventually(up(0.0), timeout=20)
+        own_postgres.start()
+        await eventually(up(1.0), timeout=30)
+        assert not metrics.registry.get_sample_value("stackyard_task_errors_total", {"task": "agent-gauges"})
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        await store.close()

@@ -91,12 +91,19 @@ def test_every_workload_is_labelled_restricted_and_probed(path):
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-def test_every_crd_copy_is_generated_from_the_one_source():
-    """crds/, manifests/crds/ and the chart's files/crds/ are written by `make crds` from stackyard.resources; a
-    hand edit, or a source change without `make crds`, fails here."""
+def test_every_crd_and_monitoring_copy_is_generated_from_the_one_source(tmp_path):
+    """crds/, manifests/crds/ and the chart's files/crds/ are written by `make generated` from stackyard.resources,
+    the chart's and the components' alerts and dashboards from monitoring/; a hand edit, or a source change
+    without `make generated`, fails here."""
     result = subprocess.run([sys.executable, "-m", "stackyard.resources.generate", "--check", str(ROOT)],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"run `make crds`: {result.stdout}"
+    assert result.returncode == 0, f"run `make generated`: {result.stdout}"
+    shutil.copytree(ROOT / "monitoring", tmp_path / "monitoring")  # a tree with the sources and no copies
+    stale = subprocess.run([sys.executable, "-m", "stackyard.resources.generate", "--check", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert stale.returncode == 1
+    assert "manifests/components/prometheusrule/prometheusrule.yaml" in stale.stdout
+    assert "charts/stackyard/files/monitoring/dashboards/stackyard-fleet.json" in stale.stdout
     assert {p.name for p in (ROOT / "crds").glob("*.yaml")} == {f"{c['metadata']['name']}.yaml" for c in CRDS}
 
 

@@ -82,6 +82,7 @@ async def test_a_new_version_reaches_agents_only_as_fast_as_they_report_it_healt
         assert await released(v2, 2), "a Degraded agent halts the rollout"
         await eventually(lambda: _metric(operator, "stackyard_rollout_halted", 1.0))
         await eventually(lambda: _metric(operator, "stackyard_stack_targets", 1.0, {"health": "Degraded"}))
+        await eventually(lambda: _metric(operator, "stackyard_stacks_failing", 1.0))
 
         await agents[0].report("Healthy")  # it recovers: the rollout goes on
         await eventually(lambda: released(v2, 4))
@@ -107,6 +108,8 @@ async def test_a_new_version_reaches_agents_only_as_fast_as_they_report_it_healt
         assert done["status"]["targets"]["healthy"] == 10
         await eventually(lambda: _metric(operator, "stackyard_stack_targets", 10.0, {"health": "Healthy"}))
         await eventually(lambda: _metric(operator, "stackyard_rollout_halted", 0.0))
+        await eventually(lambda: _metric(operator, "stackyard_stacks_failing", 0.0))
+        await eventually(lambda: _metric(operator, "stackyard_stack_target_states", 10.0, {"state": "Applied"}))
     finally:
         for agent in agents:
             await agent.broker.close()

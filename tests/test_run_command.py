@@ -75,7 +75,9 @@ async def test_run_reconciles_serves_metrics_and_health_and_stops_cleanly(kube_s
 
         async def one_pending_agent():
             text = await metrics_ready()
-            return text and 'stackyard_agents{phase="Pending"} 1.0' in text
+            return (text and 'stackyard_agents{phase="Pending"} 1.0' in text
+                    and 'stackyard_agents_by_heartbeat_age{age="never"} 1.0' in text
+                    and "stackyard_database_up 1.0" in text)
 
         await eventually(one_pending_agent, timeout=30)
 

@@ -7,13 +7,31 @@ kinds, results, routes and codes, never a resource or agent name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+HEALTHS = ("Healthy", "Progressing", "Degraded", "Unknown")
+TARGET_STATES = ("Applied", "Failed", "Pending")
+# The age classes of `stackyard_agents_by_heartbeat_age` (bounded labels), in order.
+HEARTBEAT_AGES = ("never", "under_1m", "1m_to_5m", "5m_to_1h", "over_1h")
+AGENT_PHASES = ("Pending", "Active", "Stale")
+
+
+@dataclass(frozen=True)
+class StackFigures:
+    """One Stack's contribution to the Stack gauges."""
+
+    health: dict[str, int]
+    states: dict[str, int]
+    halted: bool
+    failing: bool
+    rolling: bool
 
 
 class Metrics:
@@ -37,6 +55,14 @@ class Metrics:
             "stackyard_deployment_objects_emitted", "Deployment objects inserted because a Stack changed.", registry=r
         )
         self.agents = Gauge("stackyard_agents", "Agents by phase.", ["phase"], registry=r)
+        self.agents_by_heartbeat_age = Gauge(
+            "stackyard_agents_by_heartbeat_age", "Agents by the age of their last heartbeat (never: none yet).",
+            ["age"], registry=r,
+        )
+        self.database_up = Gauge(
+            "stackyard_database_up", "1 when the operator's last round trip to PostgreSQL (every heartbeat interval)"
+            " succeeded, 0 when it failed.", registry=r,
+        )
         self.stack_targets = Gauge(
             "stackyard_stack_targets", "Targeted agents of every Stack by the health they report for its latest"
             " version (Unknown: none reported yet).", ["health"], registry=r,
@@ -45,9 +71,22 @@ class Metrics:
             "stackyard_rollout_halted", "Stacks whose staged rollout is halted (an agent Degraded, or paused).",
             registry=r,
         )
-        for health in ("Healthy", "Progressing", "Degraded", "Unknown"):
+        self.stack_target_states = Gauge(
+            "stackyard_stack_target_states", "Targeted agents of every Stack by the state of their latest apply"
+            " (Applied, Failed, Pending).", ["state"], registry=r,
+        )
+        self.rollouts_in_progress = Gauge(
+            "stackyard_rollouts_in_progress", "Stacks whose staged rollout of their latest version is going on (not"
+            " every target Healthy on it yet, not halted).", registry=r,
+        )
+        self.stacks_failing = Gauge(
+            "stackyard_stacks_failing", "Stacks with at least one target Failed or Degraded.", registry=r,
+        )
+        for health in HEALTHS:
             self.stack_targets.labels(health)  # exported at 0 from the start
-        self._stacks: dict[str, tuple[dict[str, int], bool]] = {}
+        for state in TARGET_STATES:
+            self.stack_target_states.labels(state)
+        self._stacks: dict[str, StackFigures] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.status_mirror_lag_seconds = Histogram(
             "stackyard_status_mirror_lag_seconds",
@@ -111,18 +150,23 @@ class Metrics:
         children[1].observe(seconds)
 
     def observe_stack(self, stack_id: str, status: Mapping[str, Any]) -> None:
-        """Keep `stackyard_stack_targets{health}` and `stackyard_rollout_halted` current with one Stack's status."""
+        """Keep the Stack gauges (targets by health and state; failing, halted and rolling Stacks) current with one
+        Stack's status."""
         targets = status.get("targets") or {}
-        counts = {h: int(targets.get(h.lower()) or 0) for h in ("Healthy", "Progressing", "Degraded")}
-        counts["Unknown"] = max(0, int(targets.get("total") or 0) - sum(counts.values()))
+        health = {h: int(targets.get(h.lower()) or 0) for h in HEALTHS if h != "Unknown"}
+        health["Unknown"] = max(0, int(targets.get("total") or 0) - sum(health.values()))
+        states = {s: int(targets.get(s.lower()) or 0) for s in TARGET_STATES}
         halted = any(c.get("type") == "RolloutHalted" and c.get("status") == "True"
                      for c in status.get("conditions") or () if isinstance(c, Mapping))
-        self._move_stack(stack_id, (counts, halted))
+        failing = bool(states["Failed"] or health["Degraded"])
+        rollout = status.get("rollout") or {}
+        rolling = bool(rollout) and not halted and int(rollout.get("healthy") or 0) < int(rollout.get("total") or 0)
+        self._move_stack(stack_id, StackFigures(health, states, halted, failing, rolling))
 
     def forget_stack(self, stack_id: str) -> None:
         self._move_stack(stack_id, None)
 
-    def _move_stack(self, stack_id: str, new: tuple[dict[str, int], bool] | None) -> None:
+    def _move_stack(self, stack_id: str, new: StackFigures | None) -> None:
         """Replace one Stack's contribution to the totals (constant time: no sum over every Stack)."""
         old = self._stacks.pop(stack_id, None)
         if new is not None:
@@ -132,12 +176,26 @@ class Metrics:
         for sign, entry in ((-1, old), (1, new)):
             if entry is None:
                 continue
-            counts, halted = entry
-            for health, value in counts.items():
+            for health, value in entry.health.items():
                 if value:
                     self.stack_targets.labels(health).inc(sign * value)
-            if halted:
+            for state, value in entry.states.items():
+                if value:
+                    self.stack_target_states.labels(state).inc(sign * value)
+            if entry.halted:
                 self.rollout_halted.inc(sign)
+            if entry.failing:
+                self.stacks_failing.inc(sign)
+            if entry.rolling:
+                self.rollouts_in_progress.inc(sign)
+
+    def observe_agents(self, phases: Iterable[str], ages: Iterable[str]) -> None:
+        """Set `stackyard_agents{phase}` and `stackyard_agents_by_heartbeat_age{age}` from every agent's phase and
+        heartbeat age class (classes absent from the counts are set to 0)."""
+        for gauge, names, counts in ((self.agents, AGENT_PHASES, Tally(phases)),
+                                     (self.agents_by_heartbeat_age, HEARTBEAT_AGES, Tally(ages))):
+            for name in names:
+                gauge.labels(name).set(counts.get(name, 0))
 
     def observe_pool(self, stats: dict[str, int]) -> None:
         """Copy psycopg_pool's get_stats() into the pool gauges."""

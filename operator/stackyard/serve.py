@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from .api.waiters import StateWaiters
 from .config import GROUP, VERSION, OperatorConfig
 from .controller.leader import LeaseElector
 from .controller.operator import run_operator
-from .controller.status import agent_phase
+from .controller.status import agent_phase, heartbeat_age
 from .httpserver import Readiness, metrics_app, serving, split_address
 from .kube import CALL_ERRORS, Kube, describe, kube_configuration
 from .metrics import Metrics
@@ -36,17 +35,19 @@ log = logging.getLogger(__name__)
 
 
 async def agents_gauge_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:
-    """Keep `stackyard_agents{phase}` current (every heartbeat interval), by the one phase rule `agent_phase`."""
+    """Keep the agent gauges current (every heartbeat interval), by the one phase rule `agent_phase`, and
+    `stackyard_database_up` by whether that round trip to PostgreSQL succeeded."""
     async def step() -> None:
         try:
             beats = await store.agent_heartbeats()
-        except UNAVAILABLE as exc:  # an outage: the gauges keep their last values
+        except UNAVAILABLE as exc:  # an outage: the agent gauges keep their last values
             log.debug("agent phase counts unavailable: %s", exc)
+            metrics.database_up.set(0)
             return
+        metrics.database_up.set(1)
         now = datetime.now(timezone.utc)
-        phases = Counter(agent_phase(beat, now, config.stale_after) for beat in beats)
-        for phase in ("Pending", "Active", "Stale"):
-            metrics.agents.labels(phase).set(phases.get(phase, 0))
+        metrics.observe_agents((agent_phase(beat, now, config.stale_after) for beat in beats),
+                               (heartbeat_age(beat, now) for beat in beats))
         metrics.observe_pool(store.pool.get_stats())
 
     await forever("agent phase gauges", step, config.heartbeat_interval, log,

@@ -215,6 +215,18 @@ def agent_phase(last_heartbeat: datetime | None, now: datetime, stale_after: flo
     return "Active"
 
 
+# Upper bounds (seconds) of the heartbeat age classes of `stackyard_agents_by_heartbeat_age`.
+HEARTBEAT_AGE_LIMITS = ((60.0, "under_1m"), (300.0, "1m_to_5m"), (3600.0, "5m_to_1h"))
+
+
+def heartbeat_age(last_heartbeat: datetime | None, now: datetime) -> str:
+    """The age class of one agent's last heartbeat (one of `metrics.HEARTBEAT_AGES`)."""
+    if last_heartbeat is None:
+        return "never"
+    age = (now - last_heartbeat).total_seconds()
+    return next((name for limit, name in HEARTBEAT_AGE_LIMITS if age < limit), "over_1h")
+
+
 def last_event_status(event: EventRow | None) -> dict[str, Any] | None:
     if event is None:
         return None

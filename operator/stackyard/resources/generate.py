@@ -1,10 +1,16 @@
-"""`make crds`: write the CRDs from `stackyard.resources` to the three places they are installed from.
+"""`make generated`: write every installed copy of a fact from its one source.
 
     python -m stackyard.resources.generate [--check] [ROOT]
 
-`crds/` (kubectl apply -f crds/, `make run`), `manifests/crds/` (the kustomize base) and
-`charts/stackyard/files/crds/` (the Helm chart) each get one file per CRD. `--check` writes nothing and exits 1
-when a file differs from what would be written (tests/test_crds.py runs it).
+The CRDs, from `stackyard.resources`: `crds/` (kubectl apply -f crds/, `make run`), `manifests/crds/` (the
+kustomize base) and `charts/stackyard/files/crds/` (the Helm chart) each get one file per CRD.
+
+The alerting rules and Grafana dashboards, from `monitoring/` in ROOT: the chart's `files/monitoring/` and the
+kustomize components `manifests/components/prometheusrule/` (a PrometheusRule) and
+`manifests/components/grafana-dashboards/` (the dashboards' JSON, made into ConfigMaps by its kustomization).
+
+`--check` writes nothing and exits 1 when a file differs from what would be written (tests/test_packaging.py
+runs it).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from . import CRDS
 
 DESTINATIONS = ("crds", "manifests/crds", "charts/stackyard/files/crds")
 HEADER = "# Generated from operator/stackyard/resources/ by `make crds`: edit the source there, not this file.\n"
+MONITORING = Path("monitoring")
+CHART_MONITORING = Path("charts/stackyard/files/monitoring")
+MONITORING_HEADER = "# Generated from monitoring/ by `make generated`: edit the source there, not this file.\n"
 
 
 def render(crd: dict[str, Any]) -> str:
@@ -29,7 +38,31 @@ def render(crd: dict[str, Any]) -> str:
 
 def files(root: Path) -> dict[Path, str]:
     """Every generated file under `root` and its content."""
-    return {root / folder / f"{crd['metadata']['name']}.yaml": render(crd) for folder in DESTINATIONS for crd in CRDS}
+    generated = {root / folder / f"{crd['metadata']['name']}.yaml": render(crd)
+                 for folder in DESTINATIONS for crd in CRDS}
+    return {**generated, **monitoring_files(root)}
+
+
+def prometheus_rule(rules: dict[str, Any]) -> str:
+    """The rule groups as the PrometheusRule of the kustomize component."""
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "stackyard", "labels": {"app.kubernetes.io/name": "stackyard"}},
+            "spec": {"groups": rules["groups"]}}
+    return MONITORING_HEADER + yaml.safe_dump(rule, sort_keys=False, width=120, allow_unicode=True)
+
+
+def monitoring_files(root: Path) -> dict[Path, str]:
+    """The chart's and the kustomize components' copies of `monitoring/alerts.yaml` and its dashboards."""
+    source = root / MONITORING
+    alerts = (source / "alerts.yaml").read_text()
+    copies = {
+        root / CHART_MONITORING / "alerts.yaml": MONITORING_HEADER + alerts,
+        root / "manifests/components/prometheusrule/prometheusrule.yaml": prometheus_rule(yaml.safe_load(alerts)),
+    }
+    for dashboard in sorted((source / "dashboards").glob("*.json")):
+        for folder in (CHART_MONITORING / "dashboards", Path("manifests/components/grafana-dashboards")):
+            copies[root / folder / dashboard.name] = dashboard.read_text()
+    return copies
 
 
 def main(argv: list[str] | None = None) -> int:

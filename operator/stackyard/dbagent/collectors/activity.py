@@ -1,4 +1,5 @@
-"""Sessions by database and state from pg_stat_activity, waiting sessions, the longest active query."""
+"""Sessions by database and state from pg_stat_activity, waiting sessions, the longest active query, and the
+server's max_connections (what "connections near the limit" compares with)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ async def collect_activity(conn: psycopg.AsyncConnection[Any], previous: Previou
         " EXTRACT(EPOCH FROM (clock_timestamp() - query_start))::float8"
         " FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
     )
+    (limit,) = (await fetch_all(conn, "SELECT current_setting('max_connections')::float8"))[0]
     by_state: dict[str, int] = {}
     by_database: dict[tuple[str, str], int] = {(d, s): 0 for d in databases for s in ACTIVITY_STATES}
     longest = 0.0
@@ -43,11 +45,13 @@ async def collect_activity(conn: psycopg.AsyncConnection[Any], previous: Previou
     reading.labelled["pg_stat_activity_count"] = [
         ({"datname": d, "state": s}, float(n)) for (d, s), n in sorted(by_database.items())
     ]
+    reading.labelled["pg_settings_max_connections"] = [({}, float(limit))]
     return reading
 
 
 COLLECTOR = Collector(
     "activity", 2.0, collect_activity,
     values=("active_sessions", "waiting_sessions", "longest_query_seconds", "sessions"),
-    families={"pg_stat_activity_count": Family("gauge", "number of connections in this state")},
+    families={"pg_stat_activity_count": Family("gauge", "number of connections in this state"),
+              "pg_settings_max_connections": Family("gauge", "Server Parameter: max_connections")},
 )
