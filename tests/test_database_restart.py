@@ -11,12 +11,13 @@ import pytest
 
 from stackyard.config import OperatorConfig
 from stackyard.metrics import Metrics
-from stackyard.serve import agents_gauge_loop
+from stackyard.serve import MAINTENANCE_DEADLINE, ROUND_TRIP_DEADLINE, agents_gauge_loop
 from stackyard.store import Store, migrate
 from stackyard.store.embedded import EmbeddedPostgres
 from stackyard.store.location import ensure_database
 
 from .api_harness import running_api
+from .netfault import frozen
 from .loop_harness import configmap, setup_loop, start_agent, target_cluster, wait_applied
 from .operator_harness import STACKS, OperatorThread, condition, eventually, operator_config
 
@@ -77,12 +78,13 @@ async def test_database_restart_during_the_loop(own_postgres, kube_server, clust
 
 
 async def test_the_database_up_gauge_follows_the_operators_round_trips(own_postgres):
-    """`stackyard_database_up` (alert StackyardDatabaseUnreachable) drops to 0 while PostgreSQL is down and
-    returns to 1 without a restart."""
+    """`stackyard_database_up` (alert StackyardDatabaseUnreachable) drops to 0 while PostgreSQL hangs or is
+    down, and returns to 1 without a restart. The store's own deadline is the maintenance one (minutes), so
+    only the gauges' round-trip deadline can report a hung server in time."""
     url = own_postgres.url("stackyard")
     config = OperatorConfig(database_url=url, heartbeat_interval=0.2)
     metrics = Metrics()
-    store = await Store.open(url, min_size=1, max_size=2, timeout=1.0, deadline=2.0)
+    store = await Store.open(url, min_size=1, max_size=2, timeout=1.0, deadline=MAINTENANCE_DEADLINE)
     loop = asyncio.create_task(agents_gauge_loop(store, config, metrics))
 
     def up(expected: float):
@@ -92,6 +94,9 @@ async def test_the_database_up_gauge_follows_the_operators_round_trips(own_postg
 
     try:
         await eventually(up(1.0))
+        with frozen(own_postgres.running_info().pid):  # hung, not refusing: connections stay open and silent
+            await eventually(up(0.0), timeout=ROUND_TRIP_DEADLINE + 5)
+        await eventually(up(1.0), timeout=30)
         own_postgres.stop()
         await eventually(up(0.0), timeout=20)
         own_postgres.start()

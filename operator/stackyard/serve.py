@@ -25,7 +25,7 @@ from .controller.status import agent_phase, heartbeat_age
 from .httpserver import Readiness, metrics_app, serving, split_address
 from .kube import CALL_ERRORS, Kube, describe, kube_configuration
 from .metrics import Metrics
-from .store import Store
+from .store import Store, within
 from .tasks import Step, forever
 from .tls import ReloadingContext, certificate_expiry, server_context
 
@@ -33,13 +33,17 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
 
 log = logging.getLogger(__name__)
 
+# The agent gauges' one read: a database that does not answer within this long is reported down.
+ROUND_TRIP_DEADLINE = 5.0
+
 
 async def agents_gauge_loop(store: Store, config: OperatorConfig, metrics: Metrics) -> None:
     """Keep the agent gauges current (every heartbeat interval), by the one phase rule `agent_phase`, and
-    `stackyard_database_up` by whether that round trip to PostgreSQL succeeded."""
+    `stackyard_database_up` by whether that round trip to PostgreSQL succeeded within `ROUND_TRIP_DEADLINE`
+    (a hung database counts as down, not only a refused connection)."""
     async def step() -> None:
         try:
-            beats = await store.agent_heartbeats()
+            beats = await within(ROUND_TRIP_DEADLINE, store.agent_heartbeats(), "the agent gauges' round trip")
         except UNAVAILABLE as exc:  # an outage: the agent gauges keep their last values
             log.debug("agent phase counts unavailable: %s", exc)
             metrics.database_up.set(0)

@@ -1,7 +1,7 @@
 """PostgreSQL schema, migrations and queries. The only place that holds SQL."""
 
 from .agents import Agent
-from .base import Conflict, DatabaseTimeout, Immutable, NotFound, NotPermitted, NotTargeted, StoreError
+from .base import Conflict, DatabaseTimeout, Immutable, NotFound, NotPermitted, NotTargeted, StoreError, within
 from .desired import DESIRED_STATE_SQL, DesiredStack, Version
 from .events import EventIn, EventRow
 from .migrate import migrate
@@ -38,4 +38,5 @@ __all__ = [
     "sha256_hex",
     "checksummed_text",
     "target_row_id",
+    "within",
 ]
