@@ -10,6 +10,7 @@ which the other tests give it; its metric names do not depend on one).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -28,7 +29,8 @@ from stackyard.metrics import AgentMetrics
 from stackyard.store.embedded import free_port
 
 from .emulator import ROOT
-from .operator_harness import eventually
+from .builders import configmap
+from .operator_harness import AGENTS, STACKS, eventually
 from .test_dbagent import servers  # noqa: F401  (module-scoped primary, plain server and streaming standby)
 from .test_dbagent_process import fetch_metrics, write_config
 from .test_run_command import write_kubeconfig
@@ -215,3 +217,43 @@ async def test_every_metric_the_rules_and_dashboards_name_is_exported(kube_serve
                 proc.communicate()
     assert {"stackyard_database_up", "pg_replication_lag_seconds", "stackyard_dbagent_replica_lag_seconds",
             "pg_settings_max_connections", "stackyard_agent_last_sync_timestamp_seconds"} <= named
+
+
+def _condition(kind: str, status: str) -> dict[str, str]:
+    return {"type": kind, "status": status, "reason": "Test", "message": "",
+            "lastTransitionTime": "2026-12-02T00:00:00Z"}
+
+
+async def test_the_kubectl_commands_of_the_fleet_alerts_list_the_objects_concerned(cluster, kube_server, tmp_path):
+    """Fleet alerts cannot carry Stack or Agent names (bounded labels); their description gives a kubectl command
+    instead. Each runs here as the on-call would, with the real kubectl, against the emulator holding objects in
+    every state (statuses written directly: no operator runs)."""
+    stacks = {("team-a", "web"): ({"failed": 2, "degraded": 0}, "True"),
+              ("team-b", "api"): ({"failed": 0, "degraded": 1}, "False"),
+              ("team-b", "fine"): ({"failed": 0, "degraded": 0}, "False")}
+    for (namespace, name), (targets, halted) in stacks.items():
+        await cluster.create(STACKS, {"metadata": {"name": name, "namespace": namespace},
+                                      "spec": {"resources": [configmap("a")]}})
+        await cluster.client.merge_patch(STACKS.path(namespace, name) + "/status", {"status": {
+            "targets": {"total": 3, **targets}, "conditions": [_condition("RolloutHalted", halted)]}})
+    agents = {("team-a", "edge-1"): "Stale", ("team-a", "edge-2"): "Pending", ("team-b", "edge-3"): "Active"}
+    for (namespace, name), phase in agents.items():
+        await cluster.create(AGENTS, {"metadata": {"name": name, "namespace": namespace},
+                                      "spec": {"clusterName": f"{name}-cluster"}})
+        await cluster.client.merge_patch(AGENTS.path(namespace, name) + "/status", {"status": {"phase": phase}})
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, kube_server.url)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{PROMTOOL.parent}:{os.environ['PATH']}"}
+    expected = {
+        "StackyardStacksFailing": ["team-a/web failed=2", "team-b/api degraded=1"],
+        "StackyardRolloutHalted": ["team-a/web True"],
+        "StackyardAgentsStale": ["team-a/edge-1 edge-1-cluster"],
+        "StackyardAgentsNeverConnected": ["team-a/edge-2 edge-2-cluster"],
+    }
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    for alert, lines in expected.items():
+        command = re.search(r"kubectl get .*$", rules[alert]["annotations"]["description"]).group(0)
+        result = await asyncio.to_thread(subprocess.run, ["bash", "-c", command], env=env, capture_output=True,
+                                         text=True, timeout=60)
+        assert result.returncode == 0, (alert, result.stderr)
+        assert [line.strip() for line in result.stdout.splitlines()] == lines, (alert, command, result.stdout)
