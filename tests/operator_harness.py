@@ -145,6 +145,18 @@ class Cluster:
 
         return await eventually(check, timeout)
 
+    async def wait_targeted(self, stack: str, total: int, namespace: str = "default",
+                            timeout: float = 15.0) -> dict[str, Any]:
+        """Wait until the Stack counts `total` targets: their rows exist, so agents may report on it. (Ready says
+        its version is stored; binding AgentTargets to agents is a separate step.)"""
+
+        async def check() -> dict[str, Any] | None:
+            obj = await self.get(STACKS, stack, namespace)
+            targets = ((obj or {}).get("status") or {}).get("targets") or {}
+            return obj if targets.get("total") == total else None
+
+        return await eventually(check, timeout)
+
     async def wait_gone(self, resource: ApiResource, name: str, namespace: str = "default", timeout: float = 15.0) -> None:
         async def check() -> bool:
             return await self.get(resource, name, namespace) is None

@@ -38,6 +38,7 @@ async def test_heartbeats_do_not_patch_status_each_time_but_phase_and_events_do(
     # order, so once the event is in the Agent's status every heartbeat before it has been handled too
     agent = await store.get_agent(agent_id)
     do_id = uuid.UUID(stack["status"]["deploymentObject"]["id"])
+    await cluster.wait_targeted("web", 1)
     await store.record_events(agent, [EventIn(do_id, "APPLY", "SUCCESS", "applied 1 objects")])
 
     async def applied():

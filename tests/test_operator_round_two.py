@@ -221,6 +221,7 @@ async def test_an_agent_that_failed_to_apply_makes_its_stack_degraded(operator, 
     await cluster.create(AGENT_TARGETS, target("t", "web", agent="edge", cluster="eu-1"))
     ready = await cluster.wait_condition(STACKS, "web", "Ready", "True")
     await cluster.wait_condition(AGENTS, "edge", "Ready", "True")
+    await cluster.wait_targeted("web", 1)  # the agent may report on it only once its target row exists
     row = await store.get_agent(uuid.UUID(agent["metadata"]["uid"]))
     do = uuid.UUID(ready["status"]["deploymentObject"]["id"])
     await store.record_events(row, [EventIn(do, "APPLY", "FAILURE", "attempt 1: Widget x: no kind Widget is served")])
