@@ -10,17 +10,28 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .protocol import AGENT_PHASES, HEALTH_UNKNOWN, HEALTHS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-HEALTHS = ("Healthy", "Progressing", "Degraded", "Unknown")
+# The counts of a Stack's status.targets by apply state (controller/status.py counts Deleting as pending).
 TARGET_STATES = ("Applied", "Failed", "Pending")
-# The age classes of `stackyard_agents_by_heartbeat_age` (bounded labels), in order.
-HEARTBEAT_AGES = ("never", "under_1m", "1m_to_5m", "5m_to_1h", "over_1h")
-AGENT_PHASES = ("Pending", "Active", "Stale")
+# The age classes of `stackyard_agents_by_heartbeat_age` (bounded labels): upper bounds in seconds, in order.
+HEARTBEAT_AGE_LIMITS = ((60.0, "under_1m"), (300.0, "1m_to_5m"), (3600.0, "5m_to_1h"))
+HEARTBEAT_AGES = ("never", *(name for _, name in HEARTBEAT_AGE_LIMITS), "over_1h")
+
+
+def heartbeat_age(last_heartbeat: datetime | None, now: datetime) -> str:
+    """The age class of one agent's last heartbeat (one of HEARTBEAT_AGES)."""
+    if last_heartbeat is None:
+        return HEARTBEAT_AGES[0]
+    age = (now - last_heartbeat).total_seconds()
+    return next((name for limit, name in HEARTBEAT_AGE_LIMITS if age < limit), HEARTBEAT_AGES[-1])
 
 
 @dataclass(frozen=True)
@@ -153,8 +164,8 @@ class Metrics:
         """Keep the Stack gauges (targets by health and state; failing, halted and rolling Stacks) current with one
         Stack's status."""
         targets = status.get("targets") or {}
-        health = {h: int(targets.get(h.lower()) or 0) for h in HEALTHS if h != "Unknown"}
-        health["Unknown"] = max(0, int(targets.get("total") or 0) - sum(health.values()))
+        health = {h: int(targets.get(h.lower()) or 0) for h in HEALTHS if h != HEALTH_UNKNOWN}
+        health[HEALTH_UNKNOWN] = max(0, int(targets.get("total") or 0) - sum(health.values()))
         states = {s: int(targets.get(s.lower()) or 0) for s in TARGET_STATES}
         halted = any(c.get("type") == "RolloutHalted" and c.get("status") == "True"
                      for c in status.get("conditions") or () if isinstance(c, Mapping))

@@ -19,6 +19,9 @@ from typing import Any
 # Health of a stack on one agent (README, "Health, drift and rollout"), reported in HEALTH events.
 HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_DEGRADED, HEALTH_UNKNOWN = "Healthy", "Progressing", "Degraded", "Unknown"
 HEALTHS = (HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_DEGRADED, HEALTH_UNKNOWN)
+# An Agent's phase, from its heartbeats (its status.phase and `stackyard_agents{phase}`).
+PHASE_PENDING, PHASE_ACTIVE, PHASE_STALE = "Pending", "Active", "Stale"
+AGENT_PHASES = (PHASE_PENDING, PHASE_ACTIVE, PHASE_STALE)
 OBJECT_STATUSES = ("Current", "InProgress", "Failed", "Terminating", "NotFound")  # kstatus
 APPLY_EVENT, DELETE_EVENT, HEALTH_EVENT, DRIFT_EVENT = "APPLY", "DELETE", "HEALTH", "DRIFT"
 EVENT_STATUSES = ("SUCCESS", "FAILURE")

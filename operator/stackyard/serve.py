@@ -21,10 +21,10 @@ from .api.waiters import StateWaiters
 from .config import GROUP, VERSION, OperatorConfig
 from .controller.leader import LeaseElector
 from .controller.operator import run_operator
-from .controller.status import agent_phase, heartbeat_age
+from .controller.status import agent_phase
 from .httpserver import Readiness, metrics_app, serving, split_address
 from .kube import CALL_ERRORS, Kube, describe, kube_configuration
-from .metrics import Metrics
+from .metrics import Metrics, heartbeat_age
 from .store import Store, within
 from .tasks import Step, forever
 from .tls import ReloadingContext, certificate_expiry, server_context

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from stackyard.controller.status import heartbeat_age
-from stackyard.metrics import HEARTBEAT_AGES, Metrics
+from stackyard.metrics import HEARTBEAT_AGES, Metrics, heartbeat_age
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 

@@ -7,7 +7,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..overlays import Agent as OverlayAgent
-from ..protocol import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_PROGRESSING, HEALTH_UNKNOWN
+from ..protocol import (
+    HEALTH_DEGRADED,
+    HEALTH_HEALTHY,
+    HEALTH_PROGRESSING,
+    HEALTH_UNKNOWN,
+    PHASE_ACTIVE,
+    PHASE_PENDING,
+    PHASE_STALE,
+)
 from ..store import Agent, DeploymentObject, TargetRow
 from ..store import EventRow
 from .overlays import agent_overlays
@@ -209,22 +217,10 @@ def newly_failed(before: Any, after: Sequence[Mapping[str, Any]]) -> list[Mappin
 def agent_phase(last_heartbeat: datetime | None, now: datetime, stale_after: float) -> str:
     """Pending until the first heartbeat, Active, then Stale after `stale_after` seconds of silence."""
     if last_heartbeat is None:
-        return "Pending"
+        return PHASE_PENDING
     if (now - last_heartbeat).total_seconds() > stale_after:
-        return "Stale"
-    return "Active"
-
-
-# Upper bounds (seconds) of the heartbeat age classes of `stackyard_agents_by_heartbeat_age`.
-HEARTBEAT_AGE_LIMITS = ((60.0, "under_1m"), (300.0, "1m_to_5m"), (3600.0, "5m_to_1h"))
-
-
-def heartbeat_age(last_heartbeat: datetime | None, now: datetime) -> str:
-    """The age class of one agent's last heartbeat (one of `metrics.HEARTBEAT_AGES`)."""
-    if last_heartbeat is None:
-        return "never"
-    age = (now - last_heartbeat).total_seconds()
-    return next((name for limit, name in HEARTBEAT_AGE_LIMITS if age < limit), "over_1h")
+        return PHASE_STALE
+    return PHASE_ACTIVE
 
 
 def last_event_status(event: EventRow | None) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .schema import (
+    AGENT_PHASES,
     DNS_LABEL,
     age_column,
     array,
@@ -64,7 +65,7 @@ STATUS = obj("Observed state, written by the operator only.", {
     "observedGeneration": observed_generation(),
     "agentId": string("Id of the agent in stackyard's database (the Agent's metadata.uid)."),
     "phase": string("Pending until the first heartbeat, Active while heartbeats arrive, Stale after 3 missed"
-                    " intervals.", enum=["Pending", "Active", "Stale"]),
+                    " intervals.", enum=AGENT_PHASES),
     "lastHeartbeat": timestamp("Time of the last heartbeat (refreshed at a coarse throttle, not on every heartbeat)."),
     "heldStacks": integer("Stacks the agent holds in its cluster (an inventory each), as its last heartbeat said."
                           " A deleted Agent waits for 0 before its key is revoked."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import protocol
 from ..config import GROUP, VERSION
 
 Schema = dict[str, Any]
@@ -17,7 +18,8 @@ Schema = dict[str, Any]
 DNS_NAME = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a Kubernetes object name (DNS subdomain)
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a namespace name (DNS label)
 TARGET_STATES = ["Pending", "Applied", "Failed", "Deleting"]
-HEALTHS = ["Healthy", "Progressing", "Degraded", "Unknown"]
+HEALTHS = list(protocol.HEALTHS)
+AGENT_PHASES = list(protocol.AGENT_PHASES)
 
 
 def _with(schema: Schema, description: str | None, extra: Mapping[str, Any]) -> Schema:
