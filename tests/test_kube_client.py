@@ -11,16 +11,18 @@ import asyncio
 import stat
 import sys
 import time
+import urllib.parse
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import yaml
 
 from stackyard.controller.leader import LeaseElector
-from stackyard.kube import ApiError, Kube, Ref, in_cluster_configuration, load_configuration, url_configuration
+from stackyard.kube import CALL_ERRORS, ApiError, Kube, Ref, in_cluster_configuration, load_configuration, url_configuration
 
 from .api_harness import running_api
 from .loop_harness import configmap, setup_loop, start_agent, wait_applied
+from .netfault import BlackholeProxy
 from .operator_harness import STACKS, eventually
 
 
@@ -153,3 +155,26 @@ async def test_replicas_with_skewed_clocks_never_both_lead(kube):
         return not await holder.try_acquire()
 
     assert await eventually(holder_lost)
+
+
+async def test_a_silent_api_server_fails_the_call_at_its_deadline(kube_server):
+    """A connection that says nothing (no reset: a partition, a load balancer's idle drop) is not alive: a call,
+    discovery included, fails within the read deadline as a network error, and works again once it heals."""
+    server = urllib.parse.urlsplit(kube_server.url)
+    proxy = BlackholeProxy(server.hostname or "127.0.0.1", server.port or 80).start()
+    client = Kube(url_configuration(f"http://127.0.0.1:{proxy.port}"), request_timeout=(1.0, 1.0))
+    try:
+        assert await client.list("v1", "ConfigMap", "default") == []
+        proxy.silence()
+        for call in (lambda: client.list("v1", "ConfigMap", "default"),
+                     lambda: client.get(Ref("v1", "ConfigMap", "a", "default")),
+                     client.forget_discovery):  # discovering again: in the pool, off the event loop
+            started = time.monotonic()
+            with pytest.raises(CALL_ERRORS):
+                await asyncio.wait_for(call(), timeout=10)
+            assert time.monotonic() - started < 5, "the read deadline (1 s), not the test's guard"
+        proxy.heal()
+        assert await client.list("v1", "ConfigMap", "default") == []
+    finally:
+        await client.close()
+        proxy.stop()

@@ -174,11 +174,31 @@ def impersonating(user: str | None) -> dict[str, str]:
     return {"Impersonate-User": user} if user else {}
 
 
+# Every request to the API server has a deadline, (connect, read) seconds: a connection that goes silent (a
+# partition, a load balancer dropping it without a reset) fails the call, as a network error the callers
+# already handle, instead of holding one of the few pool threads forever. Read timeouts are not retried
+# (`retry_policy`), so a call ends within about the read timeout once connected.
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
+class DeadlineApiClient(k8s.ApiClient):
+    """The official client with a deadline on every request it makes: ours, and discovery's own."""
+
+    request_timeout: tuple[float, float] = REQUEST_TIMEOUT
+
+    def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None, post_params: Any = None,
+                 _request_timeout: Any = None) -> Any:
+        return super().call_api(method, url, header_params, body, post_params,
+                                _request_timeout=_request_timeout or self.request_timeout)
+
+
 class Kube:
     """Async access to one API server through the official client (one per process and credential)."""
 
-    def __init__(self, configuration: k8s.Configuration, user_agent: str = "stackyard", workers: int = 4):
-        self.api_client = k8s.ApiClient(configuration)
+    def __init__(self, configuration: k8s.Configuration, user_agent: str = "stackyard", workers: int = 4,
+                 request_timeout: tuple[float, float] = REQUEST_TIMEOUT):
+        self.api_client = DeadlineApiClient(configuration)
+        self.api_client.request_timeout = request_timeout
         self.api_client.user_agent = user_agent
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{user_agent}-kube")
         self._dynamic: DynamicClient | None = None
@@ -221,10 +241,11 @@ class Kube:
         """The API resource of a kind; `ResourceNotFoundError` when the server does not serve it."""
         return await self.run(self._resource, api_version, kind)
 
-    def forget_discovery(self) -> None:
-        """Drop cached discovery (after CRDs were created)."""
+    async def forget_discovery(self) -> None:
+        """Drop cached discovery (after CRDs were created). Discovering again is network I/O: it runs in the
+        pool, under the request deadline, never on the event loop."""
         if self._dynamic is not None:
-            self._dynamic.resources.invalidate_cache()
+            await self.run(self._dynamic.resources.invalidate_cache)
 
     # Calls --------------------------------------------------------------------------------
 

@@ -408,8 +408,8 @@ class StackAgent:
         group, kind = crd.get("spec", {}).get("group"), crd.get("spec", {}).get("names", {}).get("kind")
         versions = [v.get("name") for v in crd.get("spec", {}).get("versions", []) if v.get("served", True)]
         while time.monotonic() < deadline:
-            self.kube.forget_discovery()
             try:
+                await self.kube.forget_discovery()
                 await self.kube.resource(f"{group}/{versions[0]}", kind)
                 live = await self.kube.get(Ref("apiextensions.k8s.io/v1", "CustomResourceDefinition",
                                                crd["metadata"]["name"]))
