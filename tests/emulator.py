@@ -6,7 +6,8 @@ metadata.uid, resourceVersion (bumped on every write), generation (bumped on
 spec changes), creationTimestamp, generateName, JSON-patch with a 422 for a
 failed `test`, merge patches that delete keys set to null, status-subresource
 semantics, create-or-patch for server-side apply, pruning and validation of
-custom resources by their structural schema (tests/structural.py), label
+custom resources by their structural schema (tests/structural.py), CRDs
+written through the API established and served (`establish`), label
 validation, RBAC escalation prevention, and, when `enforce_rbac` is called,
 authorization and impersonation as the API server does them (tests/rbac.py).
 """
@@ -422,6 +423,9 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _publish(self, resource: Any, kind: str, obj: dict[str, Any]) -> None:
         """Record an event with the object's resourceVersion and send it to the watchers (lock held)."""
+        if kind != "DELETED" and (resource.group, resource.plural) == ("apiextensions.k8s.io", CRD_PLURAL):
+            obj["status"] = establish(self, obj)
+            self._objects[(resource, None, obj["metadata"]["name"])]["status"] = obj["status"]
         event = {"type": kind, "object": copy.deepcopy(obj)}
         self._log(resource).append((int(obj["metadata"]["resourceVersion"]), event))
         await self._buses[resource].put(event)
@@ -617,6 +621,20 @@ class Emulator(kmock.KubernetesEmulator):
 
 def load_crds() -> list[dict[str, Any]]:
     return [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
+
+
+CRD_PLURAL = "customresourcedefinitions"
+
+
+def establish(emulator: Emulator, crd: dict[str, Any]) -> dict[str, Any]:
+    """A CRD written through the API: the API server checks its names, then serves its kind (discovery, storage,
+    structural schema) and reports `NamesAccepted` and `Established` in its status (returned) (apiextensions-apiserver's
+    naming and establishing controllers; the real server does it a moment later, the emulator at once)."""
+    register_crd(emulator, crd)
+    now = emulator._now()
+    return {**(crd.get("status") or {}), "acceptedNames": crd["spec"]["names"], "conditions": [
+        {"type": kind, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now}
+        for kind, reason in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))]}
 
 
 def register_crd(emulator: Emulator, crd: dict[str, Any]) -> None:

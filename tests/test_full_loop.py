@@ -239,3 +239,34 @@ async def target_server_has(server, path: str) -> bool:
 
     async with KubeClient(kopf.ConnectionInfo(server=server.url, insecure=True)) as client:
         return await client.get_or_none(path) is not None
+
+
+WIDGETS_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.example.com"},
+    "spec": {"group": "example.com", "scope": "Namespaced",
+             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                     "size": {"type": "integer"}}}}}}}]},
+}
+
+
+async def test_a_stack_that_ships_a_crd_and_its_objects_applies_both(operator_api, cluster, target, tmp_path):
+    """The agent applies a CRD, waits until the target cluster serves its kind (Established, discovery again,
+    off the event loop) and then applies the objects of that kind, in one sync."""
+    target_server, target_view = target
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}
+    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "apps"},
+              "spec": {"size": 3}}
+    pak_file = await setup_loop(cluster, [namespace, widget, WIDGETS_CRD], tmp_path)
+    agent = await start_agent(operator_api.url, pak_file, target_server)
+    try:
+        await wait_applied(cluster, "web")
+        crd = await target_view.client.get(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com")
+        assert {c["type"]: c["status"] for c in crd["status"]["conditions"]}["Established"] == "True"
+        live = await target_view.client.get("/apis/example.com/v1/namespaces/apps/widgets/w")
+        assert live["spec"] == {"size": 3}
+    finally:
+        await agent.stop()
