@@ -26,7 +26,7 @@ async def test_the_agent_waits_for_its_timers_instead_of_polling_before_them(ope
                               health_poll_max=resync, heartbeat_interval=5.0)
     try:
         await wait_applied(cluster, "web")
-        await asyncio.sleep(1.0)
+        await cluster.wait_condition(STACKS, "web", "Healthy", "True")  # the first health check is done
         polls, lists = _count(operator_api, STATE), target_server.emulator.count("GET", "stackyard-system/configmaps")
         window = 5 * resync  # several periods of every timer: resync, health check
         await asyncio.sleep(window)  # the window measured, not a wait for a condition

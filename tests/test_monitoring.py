@@ -25,6 +25,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from stackyard.api.app import api_routes
 from stackyard.metrics import AgentMetrics
 from stackyard.store.embedded import free_port
 
@@ -257,3 +258,12 @@ async def test_the_kubectl_commands_of_the_fleet_alerts_list_the_objects_concern
                                          text=True, timeout=60)
         assert result.returncode == 0, (alert, result.stderr)
         assert [line.strip() for line in result.stdout.splitlines()] == lines, (alert, command, result.stdout)
+
+
+def test_every_route_a_rule_or_panel_names_is_served():
+    """A `route` label value in a query is the path of one of the API's routes: renaming a route must not
+    silently empty an alert (the latency alert leaves the long-polled target state out by its path)."""
+    served = {route.path for route in api_routes()}
+    named = {value for expr in every_query() for value in re.findall(r'\broute\s*!?=~?\s*"([^"]*)"', expr)}
+    assert named, "the rules name at least the target-state route"
+    assert named <= served, f"routes named but not served: {sorted(named - served)}"

@@ -43,18 +43,11 @@ OVERLAYS = [
 
 
 async def state_of(api_url: str, token: str) -> dict:
-    """The agent's one Stack in its target state, through the real agent API, once the target is bound.
-
-    The Stack is Ready once its version is stored; binding the AgentTarget to the agents is a separate step.
-    """
-    async def bound() -> dict | None:
-        async with aiohttp.ClientSession() as http, http.get(
-                f"{api_url}/api/v1/agents/self/target-state", headers={"Authorization": f"Bearer {token}"}) as response:
-            assert response.status == 200
-            stacks = (await response.json())["stacks"]
-            return stacks[0] if stacks else None
-
-    return await eventually(bound)
+    """The agent's one Stack in its target state, through the real agent API."""
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{api_url}/api/v1/agents/self/target-state", headers={"Authorization": f"Bearer {token}"}) as response:
+        assert response.status == 200
+        return (await response.json())["stacks"][0]
 
 
 def objects(stack: dict) -> dict[str, dict]:
@@ -74,6 +67,7 @@ async def test_each_agent_receives_and_applies_its_own_rendering(operator, opera
     await cluster.create(AGENT_TARGETS, {"metadata": {"name": "web-all"}, "spec": {
         "stackRef": {"name": "web"}, "agentSelector": {"matchExpressions": [{"key": "region", "operator": "Exists"}]}}})
     ready = await cluster.wait_condition(STACKS, "web", "Ready", "True")
+    await cluster.wait_targeted("web", 2)  # Ready: the version is stored; bound to both agents: this
     base = ready["status"]["deploymentObject"]
     tokens = {name: await write_pak(cluster, name, tmp_path / name) for name in ("edge-eu", "edge-us")}
 

@@ -23,6 +23,7 @@ from stackyard.tls import InsecureBroker, check_broker_url, client_context
 
 from .api_harness import make_agent, make_stack, running_api
 from .loop_harness import configmap, setup_loop, start_agent, wait_applied
+from .operator_harness import eventually
 from .test_api_faults import until
 
 
@@ -123,7 +124,11 @@ async def test_renewed_files_serve_new_connections_and_open_long_polls_survive(d
         try:
             first = await broker.target_state(None, 0)
             waiting = asyncio.create_task(broker.target_state(first.etag, 4))  # a long-poll on an open connection
-            await asyncio.sleep(0.3)
+
+            async def long_polling() -> bool:
+                return api.metrics.registry.get_sample_value("stackyard_api_long_polls") == 1
+
+            await eventually(long_polling, timeout=5)
             certs.write(*issue(ca))  # cert-manager renews: a symlink swap
             renewed = time.monotonic()
 

@@ -433,6 +433,22 @@ def metrics_endpoint(metrics: Metrics, store: Store) -> Callable[[web.Request], 
     return handler
 
 
+def api_routes() -> list[web.RouteDef]:
+    """The API's routes; their paths are the `route` label of its metrics (alert and dashboard queries name
+    them: tests/test_monitoring.py checks those against this list)."""
+    return [
+        web.get("/api/v1/agents/self", get_self),
+        web.post("/api/v1/agents/self/heartbeat", heartbeat),
+        web.get("/api/v1/agents/self/target-state", target_state),
+        web.post("/api/v1/agents/self/events", post_events),
+        web.get("/api/v1/agents/{agent_id}", get_agent),
+        web.get("/api/v1/agents/{agent_id}/target-state", other_target_state),
+        web.get("/api/v1/openapi.json", openapi),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+    ]
+
+
 def create_app(
     store: Store, metrics: Metrics, waiters: StateWaiters, settings: ApiSettings | None = None, serve_metrics: bool = True
 ) -> web.Application:
@@ -454,17 +470,7 @@ def create_app(
     app.on_shutdown.append(answer_long_polls)
     metrics.api_long_polls.set_function(app[LIMITER_KEY].long_polls)
     metrics.api_listener_up.set_function(lambda: 1.0 if waiters.cache.enabled else 0.0)
-    routes = [
-        web.get("/api/v1/agents/self", get_self),
-        web.post("/api/v1/agents/self/heartbeat", heartbeat),
-        web.get("/api/v1/agents/self/target-state", target_state),
-        web.post("/api/v1/agents/self/events", post_events),
-        web.get("/api/v1/agents/{agent_id}", get_agent),
-        web.get("/api/v1/agents/{agent_id}/target-state", other_target_state),
-        web.get("/api/v1/openapi.json", openapi),
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-    ]
+    routes = api_routes()
     if serve_metrics:
         routes.append(web.get("/metrics", metrics_endpoint(metrics, store)))
     app.add_routes(routes)
